@@ -1,0 +1,79 @@
+#include "sim/cli_common.hpp"
+
+#include <sstream>
+#include <stdexcept>
+
+namespace kvsim::sim {
+
+const char* git_revision() { return KVSIM_GIT_REV; }
+
+static int parse_int(const std::string& key, const std::string& v) {
+  try {
+    size_t pos = 0;
+    const int x = std::stoi(v, &pos);
+    if (pos != v.size()) throw std::invalid_argument(v);
+    return x;
+  } catch (const std::exception&) {
+    throw std::runtime_error("method option " + key + "=" + v + " is not an integer");
+  }
+}
+
+ref::MethodConfig parse_method_spec(const std::string& spec, int bits, int group, int residual) {
+  const size_t colon = spec.find(':');
+  const std::string name = spec.substr(0, colon);
+  const ref::MethodInfo* info = ref::find_method(name);
+  if (!info) {
+    std::string known;
+    for (const auto& m : ref::kMethods) known += std::string(known.empty() ? "" : ", ") + m.name;
+    throw std::runtime_error("unknown method '" + name + "' (known: " + known + "; see 'kvsim methods')");
+  }
+  ref::MethodConfig c = ref::default_config(*info);
+  if (info->uses_bits && bits > 0) c.bits = bits;
+  if (info->uses_group && group > 0) c.group = group;
+  if (info->uses_residual && residual > 0) c.residual = residual;
+  if (colon != std::string::npos) {
+    std::stringstream ss(spec.substr(colon + 1));
+    std::string kv;
+    while (std::getline(ss, kv, ',')) {
+      const size_t eq = kv.find('=');
+      if (eq == std::string::npos) throw std::runtime_error("method option '" + kv + "' is not key=value");
+      const std::string k = kv.substr(0, eq), v = kv.substr(eq + 1);
+      const int x = parse_int(k, v);
+      if (k == "bits" && info->uses_bits) c.bits = x;
+      else if (k == "group" && info->uses_group) c.group = x;
+      else if (k == "residual" && info->uses_residual) c.residual = x;
+      else throw std::runtime_error("method " + name + " has no option '" + k + "'");
+    }
+  }
+  return c;
+}
+
+std::vector<int> parse_layers(const std::string& s) {
+  std::vector<int> out;
+  if (s.empty() || s == "all") return out;
+  std::stringstream ss(s);
+  std::string part;
+  while (std::getline(ss, part, ',')) {
+    try {
+      const size_t dash = part.find('-');
+      if (dash == std::string::npos) {
+        out.push_back(std::stoi(part));
+      } else {
+        const int a = std::stoi(part.substr(0, dash)), b = std::stoi(part.substr(dash + 1));
+        if (b < a) throw std::invalid_argument(part);
+        for (int l = a; l <= b; ++l) out.push_back(l);
+      }
+    } catch (const std::exception&) {
+      throw std::runtime_error("--layers: cannot parse '" + part + "' (use e.g. 0,2,5 or 0-3)");
+    }
+  }
+  return out;
+}
+
+std::string describe_methods(const std::vector<ref::MethodConfig>& ms) {
+  std::string s;
+  for (const auto& m : ms) s += (s.empty() ? "" : " ") + ref::method_label(m);
+  return s;
+}
+
+}  // namespace kvsim::sim

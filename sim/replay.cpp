@@ -1,0 +1,303 @@
+#include "sim/replay.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include "analysis/metrics.hpp"
+#include "analysis/results.hpp"
+#include "reference/attention/decode_attention.hpp"
+#include "reference/attention/oracle.hpp"
+#include "reference/fixed/fixed.hpp"
+#include "sim/entry.hpp"
+#include "sim/progress.hpp"
+#include "traces/trace.hpp"
+
+namespace kvsim::sim {
+namespace {
+
+using traces::Tensor;
+
+// The state of one (layer, KV head) across the replay.
+struct HeadState {
+  std::vector<std::unique_ptr<ref::HeadCache>> caches;  // one per method
+  std::vector<float> kf, vf;                            // oracle history [t][D]
+  std::vector<i32> pre_k, pre_v;                        // prefill tokens, entry format
+  // scratch
+  std::vector<i64> logits, weights;
+  std::vector<double> scores, probs, o_ref, o;
+  std::vector<i64> o_fix;
+};
+
+// One chunk of rows of one layer: entry integers and exact floats.
+struct Chunk {
+  std::int64_t t0 = 0, n = 0;
+  std::vector<i64> q;          // [n][Hq][D] query format
+  std::vector<i32> k, v;       // [n][Hkv][D] entry format
+  std::vector<float> qf, kf, vf;
+};
+
+// Runs fn(i) for i in [0, n) on up to `threads` threads; rethrows the first error.
+void parallel_for(int n, int threads, const std::function<void(int)>& fn) {
+  if (n <= 1 || threads <= 1) {
+    for (int i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  std::vector<std::exception_ptr> errs(static_cast<size_t>(n));
+  std::vector<std::thread> pool;
+  const int w = std::min(n, threads);
+  for (int k = 0; k < w; ++k)
+    pool.emplace_back([&, k] {
+      for (int i = k; i < n; i += w) {
+        try {
+          fn(i);
+        } catch (...) {
+          errs[static_cast<size_t>(i)] = std::current_exception();
+        }
+      }
+    });
+  for (auto& th : pool) th.join();
+  for (auto& e : errs)
+    if (e) std::rethrow_exception(e);
+}
+
+double mean_of(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0 : s / static_cast<double>(v.size());
+}
+
+}  // namespace
+
+ReplaySummary replay(const ReplayOptions& opt) {
+  const auto wall0 = std::chrono::steady_clock::now();
+  traces::TraceReader tr(opt.trace);
+  const traces::TraceMeta& M = tr.meta();
+  const int D = M.head_dim, Hq = M.num_q_heads, Hkv = M.num_kv_heads;
+  const std::int64_t T = M.num_tokens, P = M.prefill_len;
+  if (D > kMaxHeadDim)
+    throw std::runtime_error(opt.trace + ": head_dim " + std::to_string(D) + " above the supported " +
+                             std::to_string(kMaxHeadDim));
+  if (Hkv <= 0 || Hq % Hkv != 0)
+    throw std::runtime_error(opt.trace + ": num_q_heads is not a multiple of num_kv_heads");
+  if (opt.every < 1) throw std::runtime_error("--every must be at least 1");
+  if (opt.methods.empty()) throw std::runtime_error("no method to replay");
+  const int group = Hq / Hkv;
+
+  std::vector<int> layers = opt.layers;
+  if (layers.empty())
+    for (int l = 0; l < M.num_layers; ++l) layers.push_back(l);
+  for (int l : layers)
+    if (l < 0 || l >= M.num_layers)
+      throw std::runtime_error("--layers: layer " + std::to_string(l) + " is not in the trace (it has " +
+                               std::to_string(M.num_layers) + ")");
+
+  // Methods: check each against the geometry; labels must be unique.
+  std::set<std::string> labels;
+  std::vector<analysis::MethodColumns> cols;
+  for (const auto& mc : opt.methods) {
+    const ref::MethodInfo& info = ref::method_info(mc.id);
+    if (std::string why = info.check(mc, D); !why.empty()) throw std::runtime_error(why);
+    analysis::MethodColumns c;
+    c.label = ref::method_label(mc);
+    if (!labels.insert(c.label).second) throw std::runtime_error("method " + c.label + " given twice");
+    c.method = info.name;
+    c.bits = mc.bits;
+    c.group = info.uses_group ? mc.group : 0;
+    c.residual = info.uses_residual ? mc.residual : 0;
+    c.bits_per_element = ref::bits_per_element(mc, D, std::max<std::int64_t>(T, 1));
+    c.summary = info.summary;
+    c.origin = info.origin;
+    cols.push_back(c);
+  }
+  const int NM = static_cast<int>(cols.size());
+
+  // Decode steps processed and evaluated.
+  std::int64_t t_end = T;
+  if (opt.max_steps >= 0) t_end = std::min(T, P + opt.max_steps);
+  std::vector<std::int64_t> steps;
+  for (std::int64_t t = P; t < t_end; t += opt.every) steps.push_back(t);
+  const size_t E = steps.size();
+
+  // Outputs: HDF5 results and CSV, both written to temporaries and renamed at the end.
+  std::unique_ptr<analysis::ResultsWriter> writer;
+  if (!opt.out_h5.empty()) {
+    analysis::ResultsMeta rm;
+    rm.text = {{"trace_path", opt.trace},
+               {"trace_model", M.model},
+               {"trace_source", M.source},
+               {"trace_dtype", traces::dtype_name(M.dtype)}};
+    for (const auto& kv : opt.provenance) rm.text.push_back(kv);
+    rm.ints = {{"num_layers", M.num_layers}, {"num_kv_heads", Hkv},       {"head_dim", D},
+               {"num_tokens", T},            {"prefill_len", P},          {"every", opt.every},
+               {"trace_seed", M.seed}};
+    rm.steps = steps;
+    rm.layers = layers;
+    rm.q_heads = Hq;
+    rm.methods = cols;
+    writer = std::make_unique<analysis::ResultsWriter>(opt.out_h5, rm);
+  }
+  std::string csv_tmp;
+  std::ofstream csv;
+  struct CsvGuard {
+    std::string* path;
+    bool done = false;
+    ~CsvGuard() {
+      if (!done && path && !path->empty()) {
+        std::error_code ec;
+        std::filesystem::remove(*path, ec);
+      }
+    }
+  } csv_guard{&csv_tmp};
+  if (!opt.out_csv.empty()) {
+    csv_tmp = opt.out_csv + ".tmp";
+    csv.open(csv_tmp);
+    if (!csv) throw std::runtime_error(opt.out_csv + ": cannot create the CSV file");
+    csv << "method,bits,layer,q_head,step,rel_l2,cosine,attn_kl,max_abs\n";
+  }
+
+  const int threads = opt.threads > 0 ? opt.threads : std::max(1u, std::thread::hardware_concurrency());
+  const std::int64_t tc = std::max<std::int64_t>(1, tr.chunk_tokens());
+  Progress bar(opt.progress, static_cast<std::int64_t>(layers.size()) * t_end, "replay");
+
+  ReplaySummary summary;
+  summary.layers = layers;
+  summary.evaluated_steps = static_cast<std::int64_t>(E);
+  summary.decode_steps = t_end - P;
+  for (const auto& c : cols) {
+    MethodSummary ms;
+    ms.label = c.label;
+    ms.bits_per_element = c.bits_per_element;
+    summary.methods.push_back(ms);
+  }
+
+  for (size_t li = 0; li < layers.size(); ++li) {
+    const int layer = layers[li];
+    std::vector<HeadState> heads(static_cast<size_t>(Hkv));
+    for (auto& h : heads)
+      for (const auto& mc : opt.methods) h.caches.push_back(ref::method_info(mc.id).make(mc, D));
+    // block[m][e * Hq + qh]
+    std::vector<std::vector<analysis::StepMetrics>> block(NM, std::vector<analysis::StepMetrics>(E * Hq));
+    if (P == 0)
+      for (auto& h : heads)
+        for (auto& c : h.caches) c->prefill(nullptr, nullptr, 0);
+
+    Chunk ch;
+    for (std::int64_t t0 = 0; t0 < t_end; t0 += tc) {
+      ch.t0 = t0;
+      ch.n = std::min(tc, t_end - t0);
+      read_query(tr, layer, t0, ch.n, ch.q, ch.qf);
+      read_entry(tr, layer, Tensor::k, t0, ch.n, ch.k, ch.kf);
+      read_entry(tr, layer, Tensor::v, t0, ch.n, ch.v, ch.vf);
+
+      parallel_for(Hkv, threads, [&](int h) {
+        HeadState& S = heads[static_cast<size_t>(h)];
+        for (std::int64_t j = 0; j < ch.n; ++j) {
+          const std::int64_t t = t0 + j;
+          const size_t kv_row = (static_cast<size_t>(j) * Hkv + h) * D;
+          const i32* k = ch.k.data() + kv_row;
+          const i32* v = ch.v.data() + kv_row;
+          S.kf.insert(S.kf.end(), ch.kf.begin() + kv_row, ch.kf.begin() + kv_row + D);
+          S.vf.insert(S.vf.end(), ch.vf.begin() + kv_row, ch.vf.begin() + kv_row + D);
+          if (t < P) {
+            S.pre_k.insert(S.pre_k.end(), k, k + D);
+            S.pre_v.insert(S.pre_v.end(), v, v + D);
+            if (t == P - 1) {
+              for (auto& c : S.caches) c->prefill(S.pre_k.data(), S.pre_v.data(), P);
+              std::vector<i32>().swap(S.pre_k);
+              std::vector<i32>().swap(S.pre_v);
+            }
+            continue;
+          }
+          for (auto& c : S.caches) c->append(k, v);
+          if ((t - P) % opt.every == 0) {
+            const size_t e = static_cast<size_t>((t - P) / opt.every);
+            const std::int64_t n = t + 1;
+            S.logits.resize(n);
+            S.weights.resize(n);
+            S.probs.resize(n);
+            S.o_ref.resize(D);
+            S.o.resize(D);
+            S.o_fix.resize(D);
+            for (int g = 0; g < group; ++g) {
+              const int qh = h * group + g;
+              const size_t q_row = (static_cast<size_t>(j) * Hq + qh) * D;
+              ref::oracle_attention(ch.qf.data() + q_row, S.kf.data(), S.vf.data(), n, D, S.scores,
+                                    S.o_ref.data(), S.probs.data());
+              for (int m = 0; m < NM; ++m) {
+                const ref::HeadCache& c = *S.caches[m];
+                i64 W = 0;
+                ref::decode_attention_ref(ch.q.data() + q_row, c.keys(), c.values(), n, D, S.logits.data(),
+                                          S.o_fix.data(), S.weights.data(), &W);
+                for (int d = 0; d < D; ++d) S.o[d] = fx::to_double(S.o_fix[d], ref::kOutFrac);
+                block[m][e * Hq + qh] = analysis::step_metrics(S.o.data(), S.o_ref.data(), D, S.weights.data(),
+                                                               W, S.probs.data(), n);
+              }
+            }
+          }
+          for (auto& c : S.caches) c->end_step();
+        }
+      });
+      bar.advance(ch.n);
+    }
+
+    // This layer's results: file blocks, CSV rows, summary.
+    for (int m = 0; m < NM; ++m) {
+      if (writer) writer->write_block(m, static_cast<int>(li), block[m]);
+      if (csv.is_open()) {
+        char buf[256];
+        for (int qh = 0; qh < Hq; ++qh)
+          for (size_t e = 0; e < E; ++e) {
+            const auto& s = block[m][e * Hq + qh];
+            std::snprintf(buf, sizeof buf, "%s,%d,%d,%d,%lld,%.9g,%.12g,%.9g,%.9g\n", cols[m].label.c_str(),
+                          cols[m].bits, layer, qh, static_cast<long long>(steps[e]), s.rel_l2, s.cosine,
+                          s.attn_kl, s.max_abs);
+            csv << buf;
+          }
+      }
+      std::vector<double> rel, cosv, kl, fin;
+      double mx = 0;
+      const size_t tail_from = E - std::max<size_t>(1, E / 10);
+      for (size_t e = 0; e < E; ++e)
+        for (int qh = 0; qh < Hq; ++qh) {
+          const auto& s = block[m][e * Hq + qh];
+          rel.push_back(s.rel_l2);
+          cosv.push_back(s.cosine);
+          kl.push_back(s.attn_kl);
+          mx = std::max(mx, s.rel_l2);
+          if (e >= tail_from) fin.push_back(s.rel_l2);
+        }
+      MethodSummary& ms = summary.methods[m];
+      ms.mean_rel_l2.push_back(mean_of(rel));
+      ms.max_rel_l2.push_back(mx);
+      ms.final_rel_l2.push_back(mean_of(fin));
+      ms.mean_cosine.push_back(mean_of(cosv));
+      ms.mean_kl.push_back(mean_of(kl));
+    }
+  }
+  bar.finish();
+
+  if (csv.is_open()) {
+    csv.close();
+    if (!csv) throw std::runtime_error(opt.out_csv + ": write failed");
+  }
+  if (writer) writer->close();
+  if (!csv_tmp.empty()) {
+    std::filesystem::rename(csv_tmp, opt.out_csv);
+    csv_guard.done = true;
+  }
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+  return summary;
+}
+
+}  // namespace kvsim::sim
