@@ -121,8 +121,7 @@ int cmd_replay(int argc, char** argv) {
   if (!o.out.empty()) std::printf("results: %s\n", o.out.c_str());
   if (!o.csv.empty()) std::printf("csv:     %s\n", o.csv.c_str());
   if (!o.report.empty()) {
-    analysis::write_report({o.out}, o.report, analysis::ReportOptions{});
-    std::printf("report:  %s/index.html\n", o.report.c_str());
+    analysis::write_report({o.out}, o.report, analysis::ReportOptions{});  // prints its path
   }
   return 0;
 }
@@ -222,8 +221,8 @@ int cmd_default(int argc, char** argv) {
   const sim::ReplaySummary s = sim::replay(r);
   print_summary(s);
   std::printf("results: %s, %s\n", r.out_h5.c_str(), r.out_csv.c_str());
-  analysis::write_report({r.out_h5}, workdir + "/report", analysis::ReportOptions{});
-  std::printf("report:  %s/report/index.html\n\n", workdir.c_str());
+  analysis::write_report({r.out_h5}, workdir + "/report", analysis::ReportOptions{});  // prints its path
+  std::printf("\n");
 
   // The claims of the foundation, checked on this run.
   bool ok = true;

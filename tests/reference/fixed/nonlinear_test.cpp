@@ -80,7 +80,7 @@ TEST_CASE("fx: exp2 core 2^(f/2^64) in Q.64 within 3.6 LSB", "[fixed][nonlinear]
   CHECK(detail::exp2_unit_q64(0) == (static_cast<u128>(1) << 64));
 }
 
-TEST_CASE("fx: exp2_neg_q32 over [-40, 0] within 0.5 + 2^-31 LSB of Q.30", "[fixed][nonlinear]") {
+TEST_CASE("fx: exp2_neg_q32 over -40..0 within 0.5 + 2^-31 LSB of Q.30", "[fixed][nonlinear]") {
   const u64 seed = 0x5EED0202;
   INFO("seed " << seed);
   auto g = rng(seed);
@@ -122,7 +122,7 @@ TEST_CASE("fx: exp2_neg_q32 over [-40, 0] within 0.5 + 2^-31 LSB of Q.30", "[fix
   CHECK(monotone);
 }
 
-TEST_CASE("fx: exp2_neg_q32_q40 over [-50, 0] within 0.5 + 2^-23 LSB of Q.40", "[fixed][nonlinear]") {
+TEST_CASE("fx: exp2_neg_q32_q40 over -50..0 within 0.5 + 2^-23 LSB of Q.40", "[fixed][nonlinear]") {
   const u64 seed = 0x5EED0208;
   INFO("seed " << seed);
   auto g = rng(seed);
@@ -154,7 +154,7 @@ TEST_CASE("fx: exp2_neg_q32_q40 over [-50, 0] within 0.5 + 2^-23 LSB of Q.40", "
   CHECK(far == 0);
 }
 
-TEST_CASE("fx: exp2_q32 over [-40, 30) within 0.5 + 3.6 * 2^(x-32) LSB of Q.32", "[fixed][nonlinear]") {
+TEST_CASE("fx: exp2_q32 over -40..30 within 0.5 + 3.6 * 2^(x-32) LSB of Q.32", "[fixed][nonlinear]") {
   const u64 seed = 0x5EED0203;
   INFO("seed " << seed);
   auto g = rng(seed);

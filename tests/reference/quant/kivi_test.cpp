@@ -158,7 +158,7 @@ TEST_CASE("kivi state: the attention view equals the dequantized stored codes an
   }
 }
 
-TEST_CASE("kivi: 4-bit reconstructs better than 2-bit; bits per element as counted", "[kivi]") {
+TEST_CASE("kivi: 4-bit reconstructs better than 2-bit, bits per element as counted", "[kivi]") {
   const int D = 128;
   std::mt19937_64 rng(9);
   const i64 n = 1024;
