@@ -143,8 +143,8 @@ class LayerEngine {
 /// that the GPU does its two O(n D) loops bit-identically and the host does
 /// what needs libm (exp) exactly as oracle_attention does:
 ///   scores(steps)            s_t for every item and query head ([Hq][n] blocks at woff[e])
-///   host                     m = max s_t; e_t = std::exp(s_t - m); W = Neumaier sum of e_t
-///   numerators(steps, e)     a_d = Neumaier sum_t e_t v_td   [E][Hq][D]; o_d = a_d / W
+///   host                     m = max s_t; e_t = std::exp(s_t - m); W = compensated sum of e_t
+///   numerators(steps, e)     a_d = compensated sum_t e_t v_td   [E][Hq][D]; o_d = a_d / W
 /// Call numerators() right after scores() with the same steps.
 class OracleEngine {
  public:

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (the `run` tool's device), over binaries built here:
+#   BUILD=build-cuda bash cuda/run_device.sh [steps...]
+# steps (default all): tests memcheck racecheck validate validate_long replay bench
+# Logs go to $OUT (or ./device-out): one file per step, and a summary at the end.
+# The build must be static (-DKVSIM_STATIC_DEPS=ON): the device has no HDF5 and no Boost.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build-cuda}
+OUT=${OUT:-device-out}
+mkdir -p "$OUT"
+KVSIM=$BUILD/sim/kvsim
+TESTS=$BUILD/tests/cuda/kvsim_tests_cuda
+WORK=$(mktemp -d)
+STEPS=${*:-tests memcheck racecheck validate validate_long replay bench}
+SUMMARY=$OUT/summary.txt
+: >"$SUMMARY"
+note() { echo "$*" | tee -a "$SUMMARY"; }
+run_step() {  # name, command...
+  local name=$1
+  shift
+  local t0=$(date +%s%N)
+  "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  local t1=$(date +%s%N)
+  note "$(printf '%-14s rc=%-3d %8.1f s   %s' "$name" "$rc" "$(( (t1 - t0) / 1000000 ))e-3" "$*")"
+  tail -n 4 "$OUT/$name.log" | sed 's/^/      | /' | tee -a "$SUMMARY"
+  return $rc
+}
+
+note "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader), $(nproc) cores"
+DEFAULT=$WORK/default.h5
+LONG=$WORK/long.h5
+need_traces() {
+  [ -f "$DEFAULT" ] || run_step gen_default "$KVSIM" trace gen --out "$DEFAULT"
+}
+
+for s in $STEPS; do
+  case $s in
+    tests) run_step tests "$TESTS" --durations yes ;;
+    memcheck)
+      run_step memcheck timeout 280 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 "$TESTS" ;;
+    racecheck)
+      run_step racecheck timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 "$TESTS" "[kivi],[entry],[hadamard]" ;;
+    validate)
+      need_traces
+      run_step validate "$KVSIM" validate --trace "$DEFAULT" --all-methods ;;
+    validate_long)
+      run_step gen_long "$KVSIM" trace gen --out "$LONG" --layers 1 --q-heads 16 --kv-heads 4 --prefill 1024 --decode 15616
+      run_step validate_long "$KVSIM" validate --trace "$LONG" --all-methods --every 11 ;;
+    replay)
+      need_traces
+      M="--method fp --method kivi:bits=4 --method kivi:bits=2 --every 5 --no-progress"
+      run_step replay_cpu "$KVSIM" replay --trace "$DEFAULT" $M --out "$WORK/cpu.h5" --csv "$WORK/cpu.csv"
+      KVSIM_TIMING=1 run_step replay_gpu "$KVSIM" replay --device cuda --trace "$DEFAULT" $M --out "$WORK/gpu.h5" --csv "$WORK/gpu.csv"
+      if cmp "$WORK/cpu.csv" "$WORK/gpu.csv"; then note "replay: CSV files identical ($(wc -l <"$WORK/cpu.csv") lines)"; else note "replay: CSV files DIFFER"; fi
+      python3 - "$WORK/cpu.h5" "$WORK/gpu.h5" <<'PY' 2>&1 | tee -a "$SUMMARY"
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1]), h5py.File(sys.argv[2])
+n = 0
+for m in a["methods"]:
+    for k in ("rel_l2", "cosine", "attn_kl", "max_abs"):
+        x, y = a["methods"][m][k][...], b["methods"][m][k][...]
+        assert x.tobytes() == y.tobytes(), (m, k)
+        n += x.size
+print(f"replay: results files bit-identical ({n} metric values)")
+PY
+      ;;
+    bench) run_step bench "$KVSIM" bench attention ;;
+    *) note "unknown step $s" ;;
+  esac
+done
+rm -rf "$WORK"

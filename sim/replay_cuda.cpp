@@ -1,0 +1,361 @@
+#include "sim/replay_cuda.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <cstdlib>
+#include <cmath>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <stdexcept>
+#include <thread>
+
+#include "analysis/metrics.hpp"
+#include "analysis/results.hpp"
+#include "cuda/kvsim_cuda.hpp"
+#include "reference/attention/decode_attention.hpp"
+#include "reference/attention/oracle.hpp"
+#include "reference/fixed/fixed.hpp"
+#include "sim/entry.hpp"
+#include "sim/progress.hpp"
+#include "traces/trace.hpp"
+
+namespace kvsim::sim {
+namespace {
+
+using traces::Tensor;
+
+// Runs fn(i) for i in [0, n) on `threads` threads (dynamic split: each i is
+// independent and writes its own slot, so the split changes nothing).
+template <class F>
+void parallel_for_dynamic(std::int64_t n, int threads, F&& fn) {
+  std::atomic<std::int64_t> next{0};
+  std::vector<std::exception_ptr> errs(static_cast<size_t>(std::max(threads, 1)));
+  auto work = [&](int w) {
+    try {
+      for (std::int64_t i; (i = next.fetch_add(1)) < n;) fn(i);
+    } catch (...) {
+      errs[static_cast<size_t>(w)] = std::current_exception();
+      next = n;
+    }
+  };
+  if (threads <= 1 || n <= 1) {
+    work(0);
+  } else {
+    std::vector<std::thread> pool;
+    for (int w = 0; w < threads; ++w) pool.emplace_back(work, w);
+    for (auto& t : pool) t.join();
+  }
+  for (auto& e : errs)
+    if (e) std::rethrow_exception(e);
+}
+
+double mean_of(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0 : s / static_cast<double>(v.size());
+}
+
+}  // namespace
+
+ReplaySummary replay_cuda(const ReplayOptions& opt) {
+  const auto wall0 = std::chrono::steady_clock::now();
+  if (cuda::device_count() == 0) throw std::runtime_error("--device cuda: " + cuda::device_description());
+  // the CUDA context is created while the host opens the trace and counts bits
+  std::exception_ptr warm_err;
+  std::thread warm([&] {
+    try {
+      cuda::warm_up();
+    } catch (...) {
+      warm_err = std::current_exception();
+    }
+  });
+  struct Joiner {
+    std::thread& t;
+    ~Joiner() {
+      if (t.joinable()) t.join();
+    }
+  } joiner{warm};
+  const bool timing = std::getenv("KVSIM_TIMING") != nullptr;
+  auto lap = [&, last = wall0](const char* what) mutable {
+    if (!timing) return;
+    const auto now = std::chrono::steady_clock::now();
+    std::fprintf(stderr, "[timing] %-28s %8.3f s\n", what, std::chrono::duration<double>(now - last).count());
+    last = now;
+  };
+  traces::TraceReader tr(opt.trace);
+  const traces::TraceMeta& M = tr.meta();
+  const int D = M.head_dim, Hq = M.num_q_heads, Hkv = M.num_kv_heads;
+  const std::int64_t T = M.num_tokens, P = M.prefill_len;
+  if (D > kMaxHeadDim)
+    throw std::runtime_error(opt.trace + ": head_dim " + std::to_string(D) + " above the supported " +
+                             std::to_string(kMaxHeadDim));
+  if (Hkv <= 0 || Hq % Hkv != 0)
+    throw std::runtime_error(opt.trace + ": num_q_heads is not a multiple of num_kv_heads");
+  if (opt.every < 1) throw std::runtime_error("--every must be at least 1");
+  if (opt.methods.empty()) throw std::runtime_error("no method to replay");
+
+  std::vector<int> layers = opt.layers;
+  if (layers.empty())
+    for (int l = 0; l < M.num_layers; ++l) layers.push_back(l);
+  for (int l : layers)
+    if (l < 0 || l >= M.num_layers)
+      throw std::runtime_error("--layers: layer " + std::to_string(l) + " is not in the trace (it has " +
+                               std::to_string(M.num_layers) + ")");
+
+  std::set<std::string> labels;
+  std::vector<analysis::MethodColumns> cols;
+  for (const auto& mc : opt.methods) {
+    const ref::MethodInfo& info = ref::method_info(mc.id);
+    if (std::string why = info.check(mc, D); !why.empty()) throw std::runtime_error(why);
+    analysis::MethodColumns c;
+    c.label = ref::method_label(mc);
+    if (!labels.insert(c.label).second) throw std::runtime_error("method " + c.label + " given twice");
+    c.method = info.name;
+    c.bits = mc.bits;
+    c.group = info.uses_group ? mc.group : 0;
+    c.residual = info.uses_residual ? mc.residual : 0;
+    c.bits_per_element = 0;  // measured below, in parallel with the GPU work
+    c.summary = info.summary;
+    c.origin = info.origin;
+    cols.push_back(c);
+  }
+  const int NM = static_cast<int>(cols.size());
+
+  std::int64_t t_end = T;
+  if (opt.max_steps >= 0) t_end = std::min(T, P + opt.max_steps);
+  std::vector<std::int64_t> steps;
+  for (std::int64_t t = P; t < t_end; t += opt.every) steps.push_back(t);
+  const size_t E = steps.size();
+
+  // bits per element: the reference state machine run over T tokens, one
+  // thread per method, joined before anything that reports it
+  std::vector<std::future<double>> bpe;
+  for (const auto& mc : opt.methods)
+    bpe.push_back(std::async(std::launch::async, [mc, D, T] {
+      return ref::bits_per_element(mc, D, std::max<std::int64_t>(T, 1));
+    }));
+  auto join_bits = [&] {
+    for (size_t m = 0; m < bpe.size(); ++m)
+      if (bpe[m].valid()) cols[m].bits_per_element = bpe[m].get();
+  };
+  std::unique_ptr<analysis::ResultsWriter> writer;
+  auto open_writer = [&] {
+    if (writer || opt.out_h5.empty()) return;
+    join_bits();
+    analysis::ResultsMeta rm;
+    rm.text = {{"trace_path", opt.trace},
+               {"trace_model", M.model},
+               {"trace_source", M.source},
+               {"trace_dtype", traces::dtype_name(M.dtype)}};
+    for (const auto& kv : opt.provenance) rm.text.push_back(kv);
+    rm.ints = {{"num_layers", M.num_layers}, {"num_kv_heads", Hkv},       {"head_dim", D},
+               {"num_tokens", T},            {"prefill_len", P},          {"every", opt.every},
+               {"trace_seed", M.seed}};
+    rm.steps = steps;
+    rm.layers = layers;
+    rm.q_heads = Hq;
+    rm.methods = cols;
+    writer = std::make_unique<analysis::ResultsWriter>(opt.out_h5, rm);
+  };
+  std::string csv_tmp;
+  std::ofstream csv;
+  struct CsvGuard {
+    std::string* path;
+    bool done = false;
+    ~CsvGuard() {
+      if (!done && path && !path->empty()) {
+        std::error_code ec;
+        std::filesystem::remove(*path, ec);
+      }
+    }
+  } csv_guard{&csv_tmp};
+  if (!opt.out_csv.empty()) {
+    csv_tmp = opt.out_csv + ".tmp";
+    csv.open(csv_tmp);
+    if (!csv) throw std::runtime_error(opt.out_csv + ": cannot create the CSV file");
+    csv << "method,bits,layer,q_head,step,rel_l2,cosine,attn_kl,max_abs\n";
+  }
+
+  const int threads = opt.threads > 0 ? opt.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const std::int64_t tc = std::max<std::int64_t>(1, tr.chunk_tokens());
+  Progress bar(opt.progress, static_cast<std::int64_t>(layers.size()) * static_cast<std::int64_t>(E), "replay (cuda)");
+
+  ReplaySummary summary;
+  summary.layers = layers;
+  summary.evaluated_steps = static_cast<std::int64_t>(E);
+  summary.decode_steps = t_end - P;
+  for (const auto& c : cols) {
+    MethodSummary ms;
+    ms.label = c.label;
+    summary.methods.push_back(ms);
+  }
+
+  lap("setup (trace, bits/element)");
+  warm.join();
+  if (warm_err) std::rethrow_exception(warm_err);
+  lap("CUDA context");
+  for (size_t li = 0; li < layers.size(); ++li) {
+    const int layer = layers[li];
+    std::vector<std::vector<analysis::StepMetrics>> block(NM, std::vector<analysis::StepMetrics>(E * Hq));
+    if (t_end > 0 && E > 0) {
+      // 1. stream the layer's rows onto the device; keep the exact floats for the oracle
+      cuda::LayerEngine eng(Hq, Hkv, D, t_end);
+      cuda::OracleEngine orc(Hq, Hkv, D, t_end);
+      std::vector<i64> q;
+      std::vector<i32> k, v;
+      std::vector<float> cqf, ckf, cvf;
+      for (std::int64_t t0 = 0; t0 < t_end; t0 += tc) {
+        const std::int64_t n = std::min(tc, t_end - t0);
+        read_query(tr, layer, t0, n, q, cqf);
+        read_entry(tr, layer, Tensor::k, t0, n, k, ckf);
+        read_entry(tr, layer, Tensor::v, t0, n, v, cvf);
+        eng.upload(t0, n, q.data(), k.data(), v.data());
+        orc.upload(t0, n, cqf.data(), ckf.data(), cvf.data());
+      }
+      lap("read + upload layer");
+      // 2. each method quantizes all its groups once
+      std::vector<int> view(static_cast<size_t>(NM));
+      for (int m = 0; m < NM; ++m) view[m] = eng.add_method(opt.methods[m]);
+
+      lap("quantize groups");
+      // 3. evaluated steps in batches bounded by the weights they return
+      //    (a batch's attention runs on a worker thread while the host computes
+      //    the previous batch's oracle and metrics; each slot is written once)
+      const std::int64_t kMaxWeights = std::int64_t{4} << 20;  // per method, 32 MiB of i64
+      std::vector<std::pair<size_t, size_t>> batches;
+      for (size_t b0 = 0; b0 < E;) {
+        size_t b1 = b0;
+        std::int64_t w = 0;
+        while (b1 < E && (b1 == b0 || w + Hq * (steps[b1] + 1) <= kMaxWeights)) w += Hq * (steps[b1++] + 1);
+        batches.emplace_back(b0, b1);
+        b0 = b1;
+      }
+      auto attend_batch = [&](size_t b) {
+        return std::async(std::launch::async, [&, b] {
+          std::vector<cuda::AttnOut> o(static_cast<size_t>(NM));
+          for (int m = 0; m < NM; ++m) {
+            std::vector<cuda::StepView> items;
+            for (size_t e = batches[b].first; e < batches[b].second; ++e)
+              items.push_back(cuda::view_at(opt.methods[m], steps[e]));
+            eng.attend(view[m], items, true, o[m]);
+          }
+          return o;
+        });
+      };
+      auto next = attend_batch(0);
+      for (size_t b = 0; b < batches.size(); ++b) {
+        const size_t e0 = batches[b].first, e1 = batches[b].second;
+        const std::vector<cuda::AttnOut> outs = next.get();
+        if (b + 1 < batches.size()) next = attend_batch(b + 1);
+        lap("attention (GPU) + download");
+        // 4. the oracle (ref::oracle_attention split: GPU loops, host exp), then the metrics
+        const std::int64_t pairs = static_cast<std::int64_t>(e1 - e0) * Hq;
+        const std::vector<i64> bsteps(steps.begin() + static_cast<std::ptrdiff_t>(e0),
+                                      steps.begin() + static_cast<std::ptrdiff_t>(e1));
+        std::vector<i64> soff;
+        std::vector<double> sc, numer;
+        orc.scores(bsteps, 1.0 / std::sqrt(static_cast<double>(D)), soff, sc);
+        std::vector<double> den(static_cast<size_t>(pairs));
+        parallel_for_dynamic(pairs, threads, [&](std::int64_t p) {
+          const size_t eb = static_cast<size_t>(p / Hq);
+          const int qh = static_cast<int>(p % Hq);
+          const std::int64_t n = bsteps[eb] + 1;
+          double* s = sc.data() + soff[eb] + static_cast<std::int64_t>(qh) * n;
+          double m = -INFINITY;
+          for (std::int64_t t = 0; t < n; ++t) m = std::max(m, s[t]);
+          ref::CompensatedSum cs;
+          for (std::int64_t t = 0; t < n; ++t) {
+            s[t] = std::exp(s[t] - m);
+            cs.add(s[t]);
+          }
+          den[static_cast<size_t>(p)] = cs.value();
+        });
+        lap("oracle scores + host exp");
+        orc.numerators(bsteps, sc, numer);
+        lap("oracle numerators");
+        parallel_for_dynamic(pairs, threads, [&](std::int64_t p) {
+          const size_t eb = static_cast<size_t>(p / Hq);  // index within the batch
+          const int qh = static_cast<int>(p % Hq);
+          const size_t e = e0 + eb;
+          const std::int64_t n = steps[e] + 1;
+          const double W = den[static_cast<size_t>(p)];
+          const double* ex = sc.data() + soff[eb] + static_cast<std::int64_t>(qh) * n;
+          thread_local std::vector<double> probs, o_ref, o;
+          probs.resize(static_cast<size_t>(n));
+          o_ref.resize(static_cast<size_t>(D));
+          o.resize(static_cast<size_t>(D));
+          for (int d = 0; d < D; ++d) o_ref[d] = numer[static_cast<size_t>(p) * D + d] / W;
+          for (std::int64_t t = 0; t < n; ++t) probs[t] = ex[t] / W;
+          for (int m = 0; m < NM; ++m) {
+            const cuda::AttnOut& A = outs[m];
+            const i64* of = A.out.data() + (eb * Hq + qh) * D;
+            for (int d = 0; d < D; ++d) o[d] = fx::to_double(of[d], ref::kOutFrac);
+            block[m][e * Hq + qh] = analysis::step_metrics(o.data(), o_ref.data(), D, A.weights_of(eb, qh, n),
+                                                           A.den[eb * Hq + qh], probs.data(), n);
+          }
+        });
+        lap("metrics (host)");
+        bar.advance(static_cast<std::int64_t>(e1 - e0));
+      }
+    }
+
+    for (int m = 0; m < NM; ++m) {
+      open_writer();
+      if (writer) writer->write_block(m, static_cast<int>(li), block[m]);
+      if (csv.is_open()) {
+        char buf[256];
+        for (int qh = 0; qh < Hq; ++qh)
+          for (size_t e = 0; e < E; ++e) {
+            const auto& s = block[m][e * Hq + qh];
+            std::snprintf(buf, sizeof buf, "%s,%d,%d,%d,%lld,%.9g,%.12g,%.9g,%.9g\n", cols[m].label.c_str(),
+                          cols[m].bits, layer, qh, static_cast<long long>(steps[e]), s.rel_l2, s.cosine,
+                          s.attn_kl, s.max_abs);
+            csv << buf;
+          }
+      }
+      std::vector<double> rel, cosv, kl, fin;
+      double mx = 0;
+      const size_t tail_from = E - std::max<size_t>(1, E / 10);
+      for (size_t e = 0; e < E; ++e)
+        for (int qh = 0; qh < Hq; ++qh) {
+          const auto& s = block[m][e * Hq + qh];
+          rel.push_back(s.rel_l2);
+          cosv.push_back(s.cosine);
+          kl.push_back(s.attn_kl);
+          mx = std::max(mx, s.rel_l2);
+          if (e >= tail_from) fin.push_back(s.rel_l2);
+        }
+      MethodSummary& ms = summary.methods[m];
+      ms.mean_rel_l2.push_back(mean_of(rel));
+      ms.max_rel_l2.push_back(mx);
+      ms.final_rel_l2.push_back(mean_of(fin));
+      ms.mean_cosine.push_back(mean_of(cosv));
+      ms.mean_kl.push_back(mean_of(kl));
+    }
+  }
+  bar.finish();
+  join_bits();
+  open_writer();  // (no layer: the file still gets its metadata)
+  for (int m = 0; m < NM; ++m) summary.methods[m].bits_per_element = cols[m].bits_per_element;
+  lap("results written");
+
+  if (csv.is_open()) {
+    csv.close();
+    if (!csv) throw std::runtime_error(opt.out_csv + ": write failed");
+  }
+  if (writer) writer->close();
+  if (!csv_tmp.empty()) {
+    std::filesystem::rename(csv_tmp, opt.out_csv);
+    csv_guard.done = true;
+  }
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+  return summary;
+}
+
+}  // namespace kvsim::sim
