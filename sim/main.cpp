@@ -7,6 +7,10 @@
 //   kvsim report ...          the error-accumulation report of results files
 //   kvsim methods             the method registry, with bits per element
 //   kvsim trace info|check|gen ...
+//   kvsim record ...          record a trace from a real checkpoint (llama2.c or HF)
+//   kvsim closed-loop ...     full-precision vs quantized cache in a running model
+//   kvsim validate ...        CPU reference against the CUDA twin, every integer
+//   kvsim bench attention     the quantized decode-attention kernel's speed
 #include <boost/program_options.hpp>
 
 #include <cstdio>
@@ -18,9 +22,12 @@
 
 #include "sim/cli_common.hpp"
 #include "analysis/report.hpp"
+#include "sim/cmd_closed_loop.hpp"
+#include "sim/cmd_record.hpp"
 #include "sim/cmd_report.hpp"
 #include "sim/cmd_trace.hpp"
 #include "sim/replay.hpp"
+#include "sim/replay_cuda.hpp"
 #include "traces/synthetic.hpp"
 
 namespace po = boost::program_options;
@@ -59,7 +66,7 @@ void print_summary(const sim::ReplaySummary& s) {
 
 // ---------------------------------------------------------------- replay
 struct ReplayCli {
-  std::string trace, layers, out, csv, report;
+  std::string trace, layers, out, csv, report, device = "cpu";
   std::vector<std::string> methods;
   int bits = 0, group = 0, residual = 0, threads = 0;
   std::int64_t every = 1, max_steps = -1;
@@ -84,6 +91,8 @@ int cmd_replay(int argc, char** argv) {
       ("out", po::value(&o.out), "results file (HDF5; schema in analysis/README.md)")
       ("csv", po::value(&o.csv), "results as CSV: method,bits,layer,q_head,step,rel_l2,cosine,attn_kl,max_abs")
       ("report", po::value(&o.report), "also write the HTML report of this run into DIR (needs --out)")
+      ("device", po::value(&o.device)->default_value("cpu"),
+       "cpu (the reference) or cuda (the GPU twin: same results, bit for bit)")
       ("threads", po::value(&o.threads)->default_value(0), "worker threads (0: all cores)")
       ("no-progress", po::bool_switch(&o.no_progress), "no progress bar");
   po::variables_map vm;
@@ -116,7 +125,8 @@ int cmd_replay(int argc, char** argv) {
                                std::to_string(o.every) + " max_steps=" + std::to_string(o.max_steps);
   std::printf("kvsim replay (git %s)\n  %s\n", sim::git_revision(), resolved.c_str());
   r.provenance = {{"options", resolved}, {"command_line", join_args(argc, argv)}, {"git_revision", sim::git_revision()}};
-  const sim::ReplaySummary s = sim::replay(r);
+  if (o.device != "cpu" && o.device != "cuda") throw UsageError("replay: --device must be cpu or cuda");
+  const sim::ReplaySummary s = o.device == "cuda" ? sim::replay_cuda(r) : sim::replay(r);
   print_summary(s);
   if (!o.out.empty()) std::printf("results: %s\n", o.out.c_str());
   if (!o.csv.empty()) std::printf("csv:     %s\n", o.csv.c_str());
@@ -183,7 +193,9 @@ int cmd_default(int argc, char** argv) {
       "8 query / 2 KV heads, head dim 128, 512 prefill + 3584 decode tokens), replays it with fp,\n"
       "kivi 4-bit and kivi 2-bit, writes results.h5, results.csv and an HTML report, and prints a\n"
       "summary.\n\n"
-      "Subcommands: replay, report, methods, trace (info|check|gen); 'kvsim SUBCOMMAND --help' for each");
+      "Subcommands: replay, report, methods, trace (info|check|gen), record, closed-loop,\n"
+      "validate, bench;\n"
+      "'kvsim SUBCOMMAND --help' for each");
   desc.add_options()("help,h", "this help")
       ("workdir", po::value(&workdir)->default_value("kvsim-out"), "folder for the trace and the results")
       ("every", po::value(&every)->default_value(5), "evaluate every N-th decode step");
@@ -255,12 +267,16 @@ int main(int argc, char** argv) {
       if (sub == "replay") return cmd_replay(argc - 1, argv + 1);
       if (sub == "methods") return cmd_methods(argc - 1, argv + 1);
       if (sub == "trace") return kvsim_cmd_trace(argc - 1, argv + 1);
+      if (sub == "record") return kvsim_cmd_record(argc - 1, argv + 1);
+      if (sub == "closed-loop") return kvsim_cmd_closed_loop(argc - 1, argv + 1);
+      if (sub == "validate") return kvsim_cmd_validate(argc - 1, argv + 1);
+      if (sub == "bench") return kvsim_cmd_bench(argc - 1, argv + 1);
       if (sub == "report") return kvsim_cmd_report(argc - 1, argv + 1);
       if (sub == "version") {
         std::printf("kvsim %s\n", sim::git_revision());
         return 0;
       }
-      throw UsageError("unknown subcommand '" + sub + "' (subcommands: replay, report, methods, trace, version)");
+      throw UsageError("unknown subcommand '" + sub + "' (subcommands: replay, report, methods, trace, record, closed-loop, validate, bench, version)");
     }
     return cmd_default(argc, argv);
   } catch (const UsageError& e) {
