@@ -23,6 +23,7 @@
 #include "reference/fixed/fixed.hpp"
 #include "sim/entry.hpp"
 #include "sim/progress.hpp"
+#include "sim/replay_output.hpp"
 #include "traces/trace.hpp"
 
 namespace kvsim::sim {
@@ -55,11 +56,6 @@ void parallel_for_dynamic(std::int64_t n, int threads, F&& fn) {
     if (e) std::rethrow_exception(e);
 }
 
-double mean_of(const std::vector<double>& v) {
-  double s = 0;
-  for (double x : v) s += x;
-  return v.empty() ? 0 : s / static_cast<double>(v.size());
-}
 
 }  // namespace
 
@@ -148,39 +144,9 @@ ReplaySummary replay_cuda(const ReplayOptions& opt) {
   auto open_writer = [&] {
     if (writer || opt.out_h5.empty()) return;
     join_bits();
-    analysis::ResultsMeta rm;
-    rm.text = {{"trace_path", opt.trace},
-               {"trace_model", M.model},
-               {"trace_source", M.source},
-               {"trace_dtype", traces::dtype_name(M.dtype)}};
-    for (const auto& kv : opt.provenance) rm.text.push_back(kv);
-    rm.ints = {{"num_layers", M.num_layers}, {"num_kv_heads", Hkv},       {"head_dim", D},
-               {"num_tokens", T},            {"prefill_len", P},          {"every", opt.every},
-               {"trace_seed", M.seed}};
-    rm.steps = steps;
-    rm.layers = layers;
-    rm.q_heads = Hq;
-    rm.methods = cols;
-    writer = std::make_unique<analysis::ResultsWriter>(opt.out_h5, rm);
+    writer = std::make_unique<analysis::ResultsWriter>(opt.out_h5, results_meta(opt, M, steps, layers, cols));
   };
-  std::string csv_tmp;
-  std::ofstream csv;
-  struct CsvGuard {
-    std::string* path;
-    bool done = false;
-    ~CsvGuard() {
-      if (!done && path && !path->empty()) {
-        std::error_code ec;
-        std::filesystem::remove(*path, ec);
-      }
-    }
-  } csv_guard{&csv_tmp};
-  if (!opt.out_csv.empty()) {
-    csv_tmp = opt.out_csv + ".tmp";
-    csv.open(csv_tmp);
-    if (!csv) throw std::runtime_error(opt.out_csv + ": cannot create the CSV file");
-    csv << "method,bits,layer,q_head,step,rel_l2,cosine,attn_kl,max_abs\n";
-  }
+  CsvResults csv(opt.out_csv);
 
   const int threads = opt.threads > 0 ? opt.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const std::int64_t tc = std::max<std::int64_t>(1, tr.chunk_tokens());
@@ -305,39 +271,9 @@ ReplaySummary replay_cuda(const ReplayOptions& opt) {
       }
     }
 
-    for (int m = 0; m < NM; ++m) {
-      open_writer();
-      if (writer) writer->write_block(m, static_cast<int>(li), block[m]);
-      if (csv.is_open()) {
-        char buf[256];
-        for (int qh = 0; qh < Hq; ++qh)
-          for (size_t e = 0; e < E; ++e) {
-            const auto& s = block[m][e * Hq + qh];
-            std::snprintf(buf, sizeof buf, "%s,%d,%d,%d,%lld,%.9g,%.12g,%.9g,%.9g\n", cols[m].label.c_str(),
-                          cols[m].bits, layer, qh, static_cast<long long>(steps[e]), s.rel_l2, s.cosine,
-                          s.attn_kl, s.max_abs);
-            csv << buf;
-          }
-      }
-      std::vector<double> rel, cosv, kl, fin;
-      double mx = 0;
-      const size_t tail_from = E - std::max<size_t>(1, E / 10);
-      for (size_t e = 0; e < E; ++e)
-        for (int qh = 0; qh < Hq; ++qh) {
-          const auto& s = block[m][e * Hq + qh];
-          rel.push_back(s.rel_l2);
-          cosv.push_back(s.cosine);
-          kl.push_back(s.attn_kl);
-          mx = std::max(mx, s.rel_l2);
-          if (e >= tail_from) fin.push_back(s.rel_l2);
-        }
-      MethodSummary& ms = summary.methods[m];
-      ms.mean_rel_l2.push_back(mean_of(rel));
-      ms.max_rel_l2.push_back(mx);
-      ms.final_rel_l2.push_back(mean_of(fin));
-      ms.mean_cosine.push_back(mean_of(cosv));
-      ms.mean_kl.push_back(mean_of(kl));
-    }
+    open_writer();
+    for (int m = 0; m < NM; ++m)
+      emit_layer(cols[m], m, static_cast<int>(li), layer, steps, Hq, block[m], writer.get(), csv, summary.methods[m]);
   }
   bar.finish();
   join_bits();
@@ -345,15 +281,8 @@ ReplaySummary replay_cuda(const ReplayOptions& opt) {
   for (int m = 0; m < NM; ++m) summary.methods[m].bits_per_element = cols[m].bits_per_element;
   lap("results written");
 
-  if (csv.is_open()) {
-    csv.close();
-    if (!csv) throw std::runtime_error(opt.out_csv + ": write failed");
-  }
+  csv.commit();
   if (writer) writer->close();
-  if (!csv_tmp.empty()) {
-    std::filesystem::rename(csv_tmp, opt.out_csv);
-    csv_guard.done = true;
-  }
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   return summary;
 }
