@@ -88,45 +88,12 @@ ReplaySummary replay_cuda(const ReplayOptions& opt) {
   const traces::TraceMeta& M = tr.meta();
   const int D = M.head_dim, Hq = M.num_q_heads, Hkv = M.num_kv_heads;
   const std::int64_t T = M.num_tokens, P = M.prefill_len;
-  if (D > kMaxHeadDim)
-    throw std::runtime_error(opt.trace + ": head_dim " + std::to_string(D) + " above the supported " +
-                             std::to_string(kMaxHeadDim));
-  if (Hkv <= 0 || Hq % Hkv != 0)
-    throw std::runtime_error(opt.trace + ": num_q_heads is not a multiple of num_kv_heads");
-  if (opt.every < 1) throw std::runtime_error("--every must be at least 1");
-  if (opt.methods.empty()) throw std::runtime_error("no method to replay");
-
-  std::vector<int> layers = opt.layers;
-  if (layers.empty())
-    for (int l = 0; l < M.num_layers; ++l) layers.push_back(l);
-  for (int l : layers)
-    if (l < 0 || l >= M.num_layers)
-      throw std::runtime_error("--layers: layer " + std::to_string(l) + " is not in the trace (it has " +
-                               std::to_string(M.num_layers) + ")");
-
-  std::set<std::string> labels;
-  std::vector<analysis::MethodColumns> cols;
-  for (const auto& mc : opt.methods) {
-    const ref::MethodInfo& info = ref::method_info(mc.id);
-    if (std::string why = info.check(mc, D); !why.empty()) throw std::runtime_error(why);
-    analysis::MethodColumns c;
-    c.label = ref::method_label(mc);
-    if (!labels.insert(c.label).second) throw std::runtime_error("method " + c.label + " given twice");
-    c.method = info.name;
-    c.bits = mc.bits;
-    c.group = info.uses_group ? mc.group : 0;
-    c.residual = info.uses_residual ? mc.residual : 0;
-    c.bits_per_element = 0;  // measured below, in parallel with the GPU work
-    c.summary = info.summary;
-    c.origin = info.origin;
-    cols.push_back(c);
-  }
+  const ReplayPlan plan = plan_replay(opt, M, /*measure_bits=*/false);  // bits measured below, in parallel
+  const std::vector<int>& layers = plan.layers;
+  std::vector<analysis::MethodColumns> cols = plan.cols;
   const int NM = static_cast<int>(cols.size());
-
-  std::int64_t t_end = T;
-  if (opt.max_steps >= 0) t_end = std::min(T, P + opt.max_steps);
-  std::vector<std::int64_t> steps;
-  for (std::int64_t t = P; t < t_end; t += opt.every) steps.push_back(t);
+  const std::int64_t t_end = plan.t_end;
+  const std::vector<std::int64_t>& steps = plan.steps;
   const size_t E = steps.size();
 
   // bits per element: the reference state machine run over T tokens, one

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <set>
 #include <stdexcept>
 
 namespace kvsim::sim {
@@ -13,6 +14,50 @@ double mean_of(const std::vector<double>& v) {
   return v.empty() ? 0 : s / static_cast<double>(v.size());
 }
 }  // namespace
+
+ReplayPlan plan_replay(const ReplayOptions& opt, const traces::TraceMeta& M, bool measure_bits) {
+  const int D = M.head_dim, Hq = M.num_q_heads, Hkv = M.num_kv_heads;
+  const std::int64_t T = M.num_tokens, P = M.prefill_len;
+  if (D > kMaxHeadDim)
+    throw std::runtime_error(opt.trace + ": head_dim " + std::to_string(D) + " above the supported " +
+                             std::to_string(kMaxHeadDim));
+  if (Hkv <= 0 || Hq % Hkv != 0)
+    throw std::runtime_error(opt.trace + ": num_q_heads is not a multiple of num_kv_heads");
+  if (opt.every < 1) throw std::runtime_error("--every must be at least 1");
+  if (opt.methods.empty()) throw std::runtime_error("no method to replay");
+
+  ReplayPlan plan;
+  plan.layers = opt.layers;
+  if (plan.layers.empty())
+    for (int l = 0; l < M.num_layers; ++l) plan.layers.push_back(l);
+  for (int l : plan.layers)
+    if (l < 0 || l >= M.num_layers)
+      throw std::runtime_error("--layers: layer " + std::to_string(l) + " is not in the trace (it has " +
+                               std::to_string(M.num_layers) + ")");
+
+  // Methods: each checked against the geometry; labels must be unique.
+  std::set<std::string> labels;
+  for (const auto& mc : opt.methods) {
+    const ref::MethodInfo& info = ref::method_info(mc.id);
+    if (std::string why = info.check(mc, D); !why.empty()) throw std::runtime_error(why);
+    analysis::MethodColumns c;
+    c.label = ref::method_label(mc);
+    if (!labels.insert(c.label).second) throw std::runtime_error("method " + c.label + " given twice");
+    c.method = info.name;
+    c.bits = mc.bits;
+    c.group = info.uses_group ? mc.group : 0;
+    c.residual = info.uses_residual ? mc.residual : 0;
+    c.bits_per_element = measure_bits ? ref::bits_per_element(mc, D, std::max<std::int64_t>(T, 1)) : 0;
+    c.summary = info.summary;
+    c.origin = info.origin;
+    plan.cols.push_back(c);
+  }
+
+  plan.t_end = T;
+  if (opt.max_steps >= 0) plan.t_end = std::min(T, P + opt.max_steps);
+  for (std::int64_t t = P; t < plan.t_end; t += opt.every) plan.steps.push_back(t);
+  return plan;
+}
 
 analysis::ResultsMeta results_meta(const ReplayOptions& opt, const traces::TraceMeta& M,
                                    const std::vector<std::int64_t>& steps, const std::vector<int>& layers,

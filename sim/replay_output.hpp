@@ -14,6 +14,18 @@
 
 namespace kvsim::sim {
 
+// What a replay will do, checked against the trace: the layers, each method's
+// results row, the decode steps processed (t < t_end) and evaluated.
+struct ReplayPlan {
+  std::vector<int> layers;
+  std::vector<analysis::MethodColumns> cols;
+  std::int64_t t_end = 0;
+  std::vector<std::int64_t> steps;
+};
+// Throws std::runtime_error naming the problem (geometry, options, layers,
+// methods). bits_per_element is measured only when measure_bits (else 0).
+ReplayPlan plan_replay(const ReplayOptions& opt, const traces::TraceMeta& M, bool measure_bits);
+
 // The attributes, steps, layers and method rows of a results file.
 analysis::ResultsMeta results_meta(const ReplayOptions& opt, const traces::TraceMeta& M,
                                    const std::vector<std::int64_t>& steps, const std::vector<int>& layers,
