@@ -48,30 +48,6 @@ struct Chunk {
   std::vector<float> qf, kf, vf;
 };
 
-// Runs fn(i) for i in [0, n) on up to `threads` threads; rethrows the first error.
-void parallel_for(int n, int threads, const std::function<void(int)>& fn) {
-  if (n <= 1 || threads <= 1) {
-    for (int i = 0; i < n; ++i) fn(i);
-    return;
-  }
-  std::vector<std::exception_ptr> errs(static_cast<size_t>(n));
-  std::vector<std::thread> pool;
-  const int w = std::min(n, threads);
-  for (int k = 0; k < w; ++k)
-    pool.emplace_back([&, k] {
-      for (int i = k; i < n; i += w) {
-        try {
-          fn(i);
-        } catch (...) {
-          errs[static_cast<size_t>(i)] = std::current_exception();
-        }
-      }
-    });
-  for (auto& th : pool) th.join();
-  for (auto& e : errs)
-    if (e) std::rethrow_exception(e);
-}
-
 }  // namespace
 
 ReplaySummary replay(const ReplayOptions& opt) {
@@ -130,7 +106,8 @@ ReplaySummary replay(const ReplayOptions& opt) {
       read_entry(tr, layer, Tensor::k, t0, ch.n, ch.k, ch.kf);
       read_entry(tr, layer, Tensor::v, t0, ch.n, ch.v, ch.vf);
 
-      parallel_for(Hkv, threads, [&](int h) {
+      parallel_for(Hkv, threads, [&](std::int64_t hh) {
+        const int h = static_cast<int>(hh);
         HeadState& S = heads[static_cast<size_t>(h)];
         for (std::int64_t j = 0; j < ch.n; ++j) {
           const std::int64_t t = t0 + j;

@@ -31,32 +31,6 @@ namespace {
 
 using traces::Tensor;
 
-// Runs fn(i) for i in [0, n) on `threads` threads (dynamic split: each i is
-// independent and writes its own slot, so the split changes nothing).
-template <class F>
-void parallel_for_dynamic(std::int64_t n, int threads, F&& fn) {
-  std::atomic<std::int64_t> next{0};
-  std::vector<std::exception_ptr> errs(static_cast<size_t>(std::max(threads, 1)));
-  auto work = [&](int w) {
-    try {
-      for (std::int64_t i; (i = next.fetch_add(1)) < n;) fn(i);
-    } catch (...) {
-      errs[static_cast<size_t>(w)] = std::current_exception();
-      next = n;
-    }
-  };
-  if (threads <= 1 || n <= 1) {
-    work(0);
-  } else {
-    std::vector<std::thread> pool;
-    for (int w = 0; w < threads; ++w) pool.emplace_back(work, w);
-    for (auto& t : pool) t.join();
-  }
-  for (auto& e : errs)
-    if (e) std::rethrow_exception(e);
-}
-
-
 }  // namespace
 
 ReplaySummary replay_cuda(const ReplayOptions& opt) {
@@ -195,7 +169,7 @@ ReplaySummary replay_cuda(const ReplayOptions& opt) {
         std::vector<double> sc, numer;
         orc.scores(bsteps, 1.0 / std::sqrt(static_cast<double>(D)), soff, sc);
         std::vector<double> den(static_cast<size_t>(pairs));
-        parallel_for_dynamic(pairs, threads, [&](std::int64_t p) {
+        parallel_for(pairs, threads, [&](std::int64_t p) {
           const size_t eb = static_cast<size_t>(p / Hq);
           const int qh = static_cast<int>(p % Hq);
           const std::int64_t n = bsteps[eb] + 1;
@@ -212,7 +186,7 @@ ReplaySummary replay_cuda(const ReplayOptions& opt) {
         lap("oracle scores + host exp");
         orc.numerators(bsteps, sc, numer);
         lap("oracle numerators");
-        parallel_for_dynamic(pairs, threads, [&](std::int64_t p) {
+        parallel_for(pairs, threads, [&](std::int64_t p) {
           const size_t eb = static_cast<size_t>(p / Hq);  // index within the batch
           const int qh = static_cast<int>(p % Hq);
           const size_t e = e0 + eb;

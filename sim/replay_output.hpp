@@ -3,8 +3,12 @@
 // block of one method going to the results file, the CSV and the summary.
 // Both replays call these, so their files are the same by construction.
 #pragma once
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <exception>
 #include <fstream>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -13,6 +17,33 @@
 #include "traces/trace.hpp"
 
 namespace kvsim::sim {
+
+// Runs fn(i) for i in [0, n) on up to `threads` threads and rethrows the first
+// error. Each i is independent and writes its own slot, so the (dynamic)
+// split changes no result.
+template <class F>
+void parallel_for(std::int64_t n, int threads, F&& fn) {
+  std::atomic<std::int64_t> next{0};
+  const int w = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(threads, n)));
+  std::vector<std::exception_ptr> errs(static_cast<size_t>(w));
+  auto work = [&](int k) {
+    try {
+      for (std::int64_t i; (i = next.fetch_add(1)) < n;) fn(i);
+    } catch (...) {
+      errs[static_cast<size_t>(k)] = std::current_exception();
+      next = n;
+    }
+  };
+  if (w <= 1) {
+    work(0);
+  } else {
+    std::vector<std::thread> pool;
+    for (int k = 0; k < w; ++k) pool.emplace_back(work, k);
+    for (auto& t : pool) t.join();
+  }
+  for (auto& e : errs)
+    if (e) std::rethrow_exception(e);
+}
 
 // What a replay will do, checked against the trace: the layers, each method's
 // results row, the decode steps processed (t < t_end) and evaluated.
