@@ -1,11 +1,53 @@
 #include "sim/cli_common.hpp"
 
+#include <cstdio>
+#include <iostream>
 #include <sstream>
 #include <stdexcept>
 
 namespace kvsim::sim {
 
 const char* git_revision() { return KVSIM_GIT_REV; }
+
+bool parse_command_line(int argc, char** argv, const boost::program_options::options_description& desc,
+                        boost::program_options::variables_map& vm, const std::string& cmd,
+                        const boost::program_options::positional_options_description* pos,
+                        const boost::program_options::options_description* visible) {
+  namespace po = boost::program_options;
+  try {
+    po::command_line_parser parser(argc, argv);
+    parser.options(desc);
+    if (pos) parser.positional(*pos);
+    po::store(parser.run(), vm);
+    if (vm.count("help")) {
+      std::cout << (visible ? *visible : desc) << "\n";
+      return true;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    const std::string see = cmd.empty() ? "kvsim --help" : "kvsim " + cmd + " --help";
+    throw UsageError((cmd.empty() ? "" : cmd + ": ") + e.what() + " (see " + see + ")");
+  }
+  return false;
+}
+
+int error_line(const std::string& msg, int status) {
+  std::string line = msg;
+  for (char& c : line)
+    if (c == '\n' || c == '\r') c = ' ';
+  std::fprintf(stderr, "kvsim: error: %s\n", line.c_str());
+  return status;
+}
+
+int run_command(const std::function<int()>& body) {
+  try {
+    return body();
+  } catch (const UsageError& e) {
+    return error_line(e.what(), 2);
+  } catch (const std::exception& e) {
+    return error_line(e.what(), 1);
+  }
+}
 
 static int parse_int(const std::string& key, const std::string& v) {
   try {

@@ -36,17 +36,7 @@ int kvsim_cmd_bench(int argc, char** argv) {
   po::positional_options_description pos;
   pos.add("what", 1);
   po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(desc).positional(pos).run(), vm);
-    if (vm.count("help")) {
-      std::cout << desc << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::fprintf(stderr, "kvsim: error: bench: %s (see kvsim bench --help)\n", e.what());
-    return 2;
-  }
+  if (kvsim::sim::parse_command_line(argc, argv, desc, vm, "bench", &pos)) return 0;
   if (what != "attention") {
     std::fprintf(stderr, "kvsim: error: bench: say what to benchmark: 'kvsim bench attention'\n");
     return 2;

@@ -51,9 +51,7 @@ namespace ref = kvsim::ref;
 
 namespace {
 
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using kvsim::sim::UsageError;
 
 // The quantized cache plus a float shadow of the same keys and values: every
 // attend also measures the cache's own error per head (local_rel).
@@ -176,16 +174,7 @@ int run(int argc, char** argv) {
       ("csv", po::value(&csv)->required(), "per-step results (CSV, one row per mode, method and step)")
       ("quiet", po::bool_switch(&quiet), "no progress lines");
   po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
-    if (vm.count("help")) {
-      std::cout << desc << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw UsageError(std::string("closed-loop: ") + e.what() + " (see kvsim closed-loop --help)");
-  }
+  if (kvsim::sim::parse_command_line(argc, argv, desc, vm, "closed-loop")) return 0;
   if (!prompt_ids.empty() + !prompt_file.empty() + (vm.count("prompt") > 0) != 1)
     throw UsageError("closed-loop: give exactly one of --prompt, --prompt-file, --prompt-ids");
   if (steps < 1) throw UsageError("closed-loop: --steps must be >= 1");
@@ -377,13 +366,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int kvsim_cmd_closed_loop(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "kvsim: error: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "kvsim: error: %s\n", e.what());
-    return 1;
-  }
+  return kvsim::sim::run_command([&] { return run(argc, argv); });
 }

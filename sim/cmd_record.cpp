@@ -33,9 +33,7 @@ namespace md = kvsim::model;
 
 namespace {
 
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using kvsim::sim::UsageError;
 
 struct RecordOptions {
   std::string model, tokenizer, prompt, prompt_file, prompt_ids, out, dtype = "f16";
@@ -119,16 +117,7 @@ int run(int argc, char** argv) {
       ("out", po::value(&o.out)->required(), "trace file to write (HDF5)")
       ("quiet", po::bool_switch(&o.quiet), "do not print the generated text");
   po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
-    if (vm.count("help")) {
-      std::cout << desc << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw UsageError(std::string("record: ") + e.what() + " (see kvsim record --help)");
-  }
+  if (kvsim::sim::parse_command_line(argc, argv, desc, vm, "record")) return 0;
   const int n_prompt_kinds = !o.prompt_ids.empty() + !o.prompt_file.empty() + (vm.count("prompt") > 0);
   if (n_prompt_kinds != 1) throw UsageError("record: give exactly one of --prompt, --prompt-file, --prompt-ids");
   if (o.steps < 1) throw UsageError("record: --steps must be >= 1");
@@ -311,13 +300,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int kvsim_cmd_record(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "kvsim: error: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "kvsim: error: %s\n", e.what());
-    return 1;
-  }
+  return kvsim::sim::run_command([&] { return run(argc, argv); });
 }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "analysis/report.hpp"
+#include "sim/cli_common.hpp"
 
 namespace po = boost::program_options;
 
@@ -43,17 +44,7 @@ int kvsim_cmd_report(int argc, char** argv) {
   po::positional_options_description pos;
   pos.add("results", -1);
   po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(all).positional(pos).run(), vm);
-    if (vm.count("help")) {
-      std::cout << desc << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::fprintf(stderr, "kvsim: error: report: %s (see kvsim report --help)\n", e.what());
-    return 2;
-  }
+  if (kvsim::sim::parse_command_line(argc, argv, all, vm, "report", &pos, &desc)) return 0;
   if (files.empty()) {
     std::fprintf(stderr, "kvsim: error: report: no results files given (kvsim report RESULTS.h5 ... --out DIR)\n");
     return 2;

@@ -10,33 +10,18 @@
 #include <sstream>
 #include <string>
 
+#include "sim/cli_common.hpp"
 #include "traces/synthetic.hpp"
 #include "traces/trace.hpp"
 #include "traces/validate.hpp"
-
-// The git revision, from sim/cli_common.cpp (linked into the kvsim program
-// through kvsim_sim; declared here to keep this file free of the reference).
-namespace kvsim::sim {
-const char* git_revision();
-}
 
 namespace po = boost::program_options;
 namespace tr = kvsim::traces;
 
 namespace {
 
-// A usage problem: exit status 2.
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-int error(const std::string& msg, int status) {
-  std::string line = msg;
-  for (char& c : line)
-    if (c == '\n' || c == '\r') c = ' ';
-  std::fprintf(stderr, "kvsim: error: %s\n", line.c_str());
-  return status;
-}
+using kvsim::sim::UsageError;
+using kvsim::sim::error_line;
 
 // Parses argv[1..] (argv[1] is the subcommand); true if --help was given.
 bool parse(int argc, char** argv, const po::options_description& visible,
@@ -271,7 +256,7 @@ int kvsim_cmd_trace(int argc, char** argv) {
     return 2;
   }
   const std::string sub = argv[1];
-  try {
+  return kvsim::sim::run_command([&]() -> int {
     if (sub == "info") return cmd_info(argc, argv);
     if (sub == "check") return cmd_check(argc, argv);
     if (sub == "gen") return cmd_gen(argc, argv);
@@ -280,12 +265,6 @@ int kvsim_cmd_trace(int argc, char** argv) {
       return 0;
     }
     std::fputs(kTraceUsage, stderr);
-    return error("unknown trace command '" + sub + "' (expected info, check or gen)", 2);
-  } catch (const UsageError& e) {
-    return error(e.what(), 2);
-  } catch (const tr::TraceError& e) {
-    return error(e.what(), 1);
-  } catch (const std::exception& e) {
-    return error(e.what(), 1);
-  }
+    return error_line("unknown trace command '" + sub + "' (expected info, check or gen)", 2);
+  });
 }

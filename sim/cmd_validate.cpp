@@ -386,17 +386,7 @@ int kvsim_cmd_validate(int argc, char** argv) {
       ("threads", po::value(&o.threads)->default_value(0), "CPU threads (0: all cores)")
       ("repro", po::value(&o.repro)->default_value(o.repro), "HDF5 repro file written on a mismatch");
   po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
-    if (vm.count("help")) {
-      std::cout << desc << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::fprintf(stderr, "kvsim: error: validate: %s (see kvsim validate --help)\n", e.what());
-    return 2;
-  }
+  if (kvsim::sim::parse_command_line(argc, argv, desc, vm, "validate")) return 0;
   if (o.every < 1) {
     std::fprintf(stderr, "kvsim: error: validate: --every must be at least 1\n");
     return 2;

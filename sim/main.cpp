@@ -35,9 +35,7 @@ using namespace kvsim;
 
 namespace {
 
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using sim::UsageError;
 
 std::string join_args(int argc, char** argv) {
   std::string s;
@@ -96,16 +94,7 @@ int cmd_replay(int argc, char** argv) {
       ("threads", po::value(&o.threads)->default_value(0), "worker threads (0: all cores)")
       ("no-progress", po::bool_switch(&o.no_progress), "no progress bar");
   po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
-    if (vm.count("help")) {
-      std::cout << desc << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw UsageError(std::string("replay: ") + e.what() + " (see kvsim replay --help)");
-  }
+  if (sim::parse_command_line(argc, argv, desc, vm, "replay")) return 0;
   sim::ReplayOptions r;
   r.trace = o.trace;
   if (o.methods.empty()) o.methods.push_back("kivi");
@@ -145,16 +134,7 @@ int cmd_methods(int argc, char** argv) {
       ("head-dim", po::value(&head_dim)->default_value(128), "head dim for the bits count")
       ("context", po::value(&context)->default_value(4096), "context length for the bits count (windows amortised)");
   po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
-    if (vm.count("help")) {
-      std::cout << desc << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw UsageError(std::string("methods: ") + e.what());
-  }
+  if (sim::parse_command_line(argc, argv, desc, vm, "methods")) return 0;
   if (head_dim < 1 || head_dim > kMaxHeadDim || context < 1) throw UsageError("methods: bad --head-dim or --context");
   std::printf("bits per element = (codes + fp16 scales/zeros + fp16 windows) / (2 * tokens * head_dim),\n"
               "measured on each method's own cache after %lld tokens, head dim %d\n\n",
@@ -200,16 +180,7 @@ int cmd_default(int argc, char** argv) {
       ("workdir", po::value(&workdir)->default_value("kvsim-out"), "folder for the trace and the results")
       ("every", po::value(&every)->default_value(5), "evaluate every N-th decode step");
   po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
-    if (vm.count("help")) {
-      std::cout << desc << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw UsageError(std::string(e.what()) + " (see kvsim --help)");
-  }
+  if (sim::parse_command_line(argc, argv, desc, vm, "")) return 0;
   std::filesystem::create_directories(workdir);
   const std::string trace = workdir + "/default_trace.h5";
   std::printf("kvsim main job (git %s): workdir=%s every=%lld\n", sim::git_revision(), workdir.c_str(),
@@ -261,7 +232,7 @@ int cmd_default(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return sim::run_command([&]() -> int {
     if (argc >= 2 && argv[1][0] != '-') {
       const std::string sub = argv[1];
       if (sub == "replay") return cmd_replay(argc - 1, argv + 1);
@@ -279,11 +250,5 @@ int main(int argc, char** argv) {
       throw UsageError("unknown subcommand '" + sub + "' (subcommands: replay, report, methods, trace, record, closed-loop, validate, bench, version)");
     }
     return cmd_default(argc, argv);
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "kvsim: error: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "kvsim: error: %s\n", e.what());
-    return 1;
-  }
+  });
 }
