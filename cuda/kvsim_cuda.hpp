@@ -76,8 +76,12 @@ struct StepView {
 ///         (LayerEngine::correction_from).
 ///   gq:   ref::gq_quantized_tokens for keys and values (sinks, then the
 ///         flushed blocks: sinks + B floor((t - sinks - R) / B) once that is
-///         positive; none before the k-means calibration prefix). Methods
-///         with hh > 0 (heavy hitters) have no closed form: add_method rejects them.
+///         positive; none before the k-means calibration prefix). With hh > 0
+///         (heavy hitters) the tokens still in the pool are seen at full
+///         precision: that part has no closed form, so add_method runs the
+///         decode steps once in order (LayerEngine::set_prefill) and keeps,
+///         per token, the step from which it is seen quantized
+///         (heavy_hitters(); RowView::until); kq and vq stay these counts.
 /// The state after the last step t_end - 1 is view_at(t_end) (also when no
 /// decode step ran: then t_end = P and it is the prefill's state).
 StepView view_at(const ref::MethodConfig& m, i64 t);
@@ -141,6 +145,11 @@ class LayerEngine {
   /// Rows [t0, t0 + n): q [n][Hq][D] query format, k and v [n][Hkv][D] entry format.
   void upload(i64 t0, i64 n, const i64* q, const i32* k, const i32* v);
 
+  /// The trace's prefill length P (decode steps are t = P .. T-1). Needed
+  /// before add_method() by views that follow the decode steps' attention
+  /// (gq with hh > 0: its pass over every step runs inside add_method).
+  void set_prefill(i64 P);
+
   /// Builds a method's views over every uploaded token (quantize groups).
   /// Returns the view index for attend()/state queries. A mixed-precision
   /// config must be one layer's (ref::layer_config): each KV head then gets
@@ -169,14 +178,19 @@ class LayerEngine {
   /// gave, as uploaded); empty vectors without a fit.
   ref::KvlincAffine kvlinc_affine(int view, int h) const;
   /// gq compressed state of KV head h: the first knq / vnq non-sink quantized
-  /// tokens (GqTensorState::nq), reference layout. Throws for hh > 0 views.
+  /// tokens (GqTensorState::nq), reference layout.
   GqState gq_state(int view, int h, i64 knq, i64 vnq) const;
   /// kvlinc correction=linear: the fitted parameters of KV head h (host
   /// integers, as uploaded) and its prefix state S [r][D], z [r] at the flush
   /// boundary kq (a multiple of R); all empty without a fit. The correction is
   /// seen from states with kq >= calib (LayerEngine::linear_from).
   ref::KvlincLinear kvlinc_linear(int view, int h, i64 kq, std::vector<i128>& S, std::vector<i128>& z) const;
-  /// The attention view of KV head h for (kq, vq): K, V [n][D], tokens [0, n).
+  /// gq heavy hitters of KV head h: until [T] (token s is seen at full
+  /// precision during the steps t < until[s] even when quantized; INT64_MAX
+  /// while it stays in the pool) and the accumulated attention mass acc [T]
+  /// after the last step (GqCache::accumulated()). Empty without hh.
+  void heavy_hitters(int view, int h, std::vector<i64>& until, std::vector<i64>& acc) const;
+  /// The attention view of KV head h at state sv: K, V [n][D], tokens [0, n).
   void view_rows(int view, int h, const StepView& sv, i64 n, std::vector<i32>& K, std::vector<i32>& V) const;
 
   /// The dequantized twins of every token (all heads), [T][Hkv][D] each; for

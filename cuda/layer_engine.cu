@@ -83,6 +83,9 @@ struct MethodViews {
   int gq_gpb[2] = {0, 0}, gq_wpg[2] = {0, 0};
   DeviceBuffer<i32> gq_books[2];     // [Hkv][2^b]
   std::vector<i32> gq_host_books[2];
+  // gq heavy hitters (hh > 0): the pool's history (gq.cuh, GqPoolDevice)
+  DeviceBuffer<i64> hh_until, hh_acc, hh_pool;  // [T][Hkv], [Hkv][T], [Hkv][T]
+  DeviceBuffer<int> hh_n;                       // [Hkv]
   std::vector<int> head_view;  // mixed precision: KV head h's rows and state come from view head_view[h]
   // kvlinc correction=linear: w [Hkv][r][D], c, b [Hkv][r] (host fit), prefix states S, z per kq / R
   int lin_rank = 0;
@@ -98,6 +101,7 @@ struct MethodViews {
 struct LayerEngine::Impl {
   int Hq, Hkv, D;
   i64 T;
+  i64 prefill = -1;  // set_prefill(); needed by step-sequential views (gq heavy hitters)
   std::size_t guard;
   DeviceBuffer<i64> q;  // [T][Hq][D] Q.40
   DeviceBuffer<i32> k, v;  // [T][Hkv][D] Q11.20
@@ -125,6 +129,11 @@ LayerEngine::LayerEngine(int Hq, int Hkv, int D, i64 T, std::size_t guard_bytes)
 }
 LayerEngine::~LayerEngine() = default;
 
+void LayerEngine::set_prefill(i64 P) {
+  if (P < 0 || P > impl_->T) throw std::runtime_error("LayerEngine::set_prefill: prefill length out of range");
+  impl_->prefill = P;
+}
+
 int LayerEngine::q_heads() const { return impl_->Hq; }
 int LayerEngine::kv_heads() const { return impl_->Hkv; }
 int LayerEngine::head_dim() const { return impl_->D; }
@@ -148,6 +157,7 @@ struct EngineRows {
   const DeviceBuffer<i32>& v;
   const DeviceBuffer<i64>& q;  // [T][Hq][D]
   int Hq;
+  i64 prefill;  // -1: unknown
 };
 
 // KIVI's groups over every token: keys from I.k, values from v_src (the raw
@@ -285,11 +295,75 @@ void build_kvlinc(const EngineRows& I, MethodViews& mv) {
   KVSIM_CUDA_TRY(cudaDeviceSynchronize());
   mv.corr_from = N;
 }
+// gq heavy hitters: the step-sequential pass. The pool after the prefill's
+// flush point, then for every decode step t in order: the exact attention of
+// step t through the view the pool gives (RowView::until: the tokens still in
+// the pool are seen at full precision), its softmax numerators fed to the
+// pool's flush point after n = t + 1 tokens (GqCache::observe, then
+// flush_point). What it leaves is until[s][h], the step from which token s
+// is seen quantized; with it the view of every step has a closed form again,
+// and attend() computes any steps in one batch. Kernels only, in stream
+// order; one synchronisation at the end.
+void build_gq_pool(const EngineRows& I, MethodViews& mv) {
+  const ref::GqConfig& c = mv.gq;
+  const std::size_t cells = static_cast<std::size_t>(I.T) * I.Hkv;
+  mv.hh_until.allocate(cells, I.guard);
+  mv.hh_acc.allocate(cells, I.guard);
+  mv.hh_pool.allocate(cells, I.guard);
+  mv.hh_n.allocate(static_cast<std::size_t>(I.Hkv), I.guard);
+  const std::vector<i64> never(cells, LLONG_MAX);
+  mv.hh_until.upload(never.data(), cells);
+  mv.hh_acc.fill_bytes(0);
+  mv.hh_n.fill_bytes(0);
+  const GqPoolDevice d{mv.hh_acc.data(), mv.hh_pool.data(), mv.hh_n.data(), mv.hh_until.data(), I.T, I.Hkv};
+  const int group = I.Hq / I.Hkv;
+  const i64 P = I.prefill;
+  KVSIM_CUDA_TRY(gq_pool_flush(c, d, 0, P, nullptr, nullptr, group));
+  const i64 E = I.T - P;
+  if (E > 0) {
+    std::vector<i64> it(static_cast<std::size_t>(3 * E));
+    for (i64 e = 0; e < E; ++e) {
+      it[3 * e] = P + e;
+      it[3 * e + 1] = ref::gq_quantized_tokens(c.k, c.sinks, c.calib, P + e);
+      it[3 * e + 2] = ref::gq_quantized_tokens(c.v, c.sinks, c.calib, P + e);
+    }
+    DeviceBuffer<i64> items(it.size()), woff(1), scratch(static_cast<std::size_t>(I.Hq) * I.T),
+        out(static_cast<std::size_t>(I.Hq) * I.D), den(static_cast<std::size_t>(I.Hq));
+    items.upload(it.data(), it.size());
+    woff.fill_bytes(0);
+    AttnArgs a;
+    a.q = I.q.data();
+    a.q_by_step = true;
+    a.Hq = I.Hq;
+    a.group = group;
+    a.D = I.D;
+    a.c_q40 = ref::logit_scale_q40(I.D);
+    a.woff = woff.data();
+    a.scratch = scratch.data();
+    a.out = out.data();
+    a.den = den.data();
+    RowView rv;
+    rv.k_fp = I.k.data();
+    rv.v_fp = I.v.data();
+    rv.k_dq = mv.k_hat.data();
+    rv.v_dq = mv.v_hat.data();
+    rv.until = mv.hh_until.data();
+    rv.Hkv = I.Hkv;
+    rv.D = I.D;
+    for (i64 e = 0; e < E; ++e) {
+      a.items = items.data() + 3 * e;
+      KVSIM_CUDA_TRY(launch_decode_attention(a, rv, 1));
+      KVSIM_CUDA_TRY(gq_pool_flush(c, d, P + e, P + e + 1, scratch.data(), den.data(), group));
+    }
+    KVSIM_CUDA_TRY(cudaDeviceSynchronize());  // before the temporaries are freed
+  }
+  KVSIM_CUDA_TRY(cudaDeviceSynchronize());
+}
 }  // namespace
 
 int LayerEngine::add_method(const ref::MethodConfig& m) {
   Impl& I = *impl_;
-  auto rows_of = [](const Impl& x) { return EngineRows{x.Hkv, x.D, x.T, x.guard, x.k, x.v, x.q, x.Hq}; };
+  auto rows_of = [](const Impl& x) { return EngineRows{x.Hkv, x.D, x.T, x.guard, x.k, x.v, x.q, x.Hq, x.prefill}; };
   auto mv = std::make_unique<MethodViews>();
   mv->m = m;
   if (m.bitmap) {
@@ -376,10 +450,10 @@ int LayerEngine::add_method(const ref::MethodConfig& m) {
     case ref::MethodId::gq: {
       ref::GqConfig& c = mv->gq;
       if (const std::string why = ref::gq_config(m, I.D, &c); !why.empty()) throw std::runtime_error(why);
-      if (c.hh > 0)
+      if (c.hh > 0 && I.prefill < 0)
         throw std::runtime_error("gq: hh=" + std::to_string(c.hh) +
-                                 " (heavy hitters) has no CUDA twin: its views depend on earlier steps' attention "
-                                 "(step-sequential); use --device cpu");
+                                 " (heavy hitters) needs the prefill length (LayerEngine::set_prefill): its pool "
+                                 "follows the decode steps' attention");
       mv->quantized = true;
       const std::size_t rows = static_cast<std::size_t>(I.T) * I.Hkv * I.D;
       mv->k_hat.allocate(rows, I.guard);
@@ -420,6 +494,7 @@ int LayerEngine::add_method(const ref::MethodConfig& m) {
                                           params.data(), codes.data(), books, I.Hkv, I.D, nb));
       }
       KVSIM_CUDA_TRY(cudaDeviceSynchronize());
+      if (c.hh > 0) build_gq_pool(rows_of(I), *mv);
       break;
     }
     default:
@@ -483,6 +558,7 @@ void LayerEngine::attend(int view, const std::vector<StepView>& items, bool with
     a.lin = {mv.lin_rank, mv.lin_w.data(), mv.lin_b.data(), mv.lin_S.data(), mv.lin_z.data(), mv.lin_from, mv.lin_R,
              I.Hkv};
   rv.switch_kq = mv.corr_from;
+  rv.until = mv.hh_until.size() ? mv.hh_until.data() : nullptr;
   rv.Hkv = I.Hkv;
   rv.D = I.D;
   KVSIM_CUDA_TRY(launch_decode_attention(a, rv, E));
@@ -581,16 +657,22 @@ void LayerEngine::view_rows(int view, int h, const StepView& sv, i64 n, std::vec
   std::vector<i32> kf(slab), vf(slab), kd, vd;
   I.k.download(kf.data(), slab);
   I.v.download(vf.data(), slab);
+  std::vector<i64> until;
   if (mv.quantized) {
     kd.resize(slab);
     vd.resize(slab);
     (sv.kq >= mv.corr_from ? mv.k_corr : mv.k_hat).download(kd.data(), slab);
     mv.v_hat.download(vd.data(), slab);
   }
+  if (mv.hh_until.size()) {
+    until.resize(static_cast<std::size_t>(n) * I.Hkv);
+    mv.hh_until.download(until.data(), until.size());
+  }
   for (i64 s = 0; s < n; ++s) {
     const std::size_t at = (static_cast<std::size_t>(s) * I.Hkv + h) * I.D;
-    const i32* kr = (mv.quantized && s < sv.kq) ? kd.data() + at : kf.data() + at;
-    const i32* vr = (mv.quantized && s < sv.vq) ? vd.data() + at : vf.data() + at;
+    const bool held = !until.empty() && sv.t < until[static_cast<std::size_t>(s) * I.Hkv + h];
+    const i32* kr = (mv.quantized && s < sv.kq && !held) ? kd.data() + at : kf.data() + at;
+    const i32* vr = (mv.quantized && s < sv.vq && !held) ? vd.data() + at : vf.data() + at;
     std::copy(kr, kr + I.D, K.begin() + s * I.D);
     std::copy(vr, vr + I.D, V.begin() + s * I.D);
   }
@@ -604,6 +686,21 @@ void LayerEngine::hat_rows(int view, std::vector<i32>& k_hat, std::vector<i32>& 
   v_hat.resize(rows);
   (mv.quantized ? mv.k_hat : I.k).download(k_hat.data(), rows);
   (mv.quantized ? mv.v_hat : I.v).download(v_hat.data(), rows);
+}
+
+void LayerEngine::heavy_hitters(int view, int h, std::vector<i64>& until, std::vector<i64>& acc) const {
+  const Impl& I = *impl_;
+  const MethodViews& mv = *I.views.at(static_cast<size_t>(view));
+  if (h < 0 || h >= I.Hkv) throw std::runtime_error("heavy_hitters: head out of range");
+  until.clear();
+  acc.clear();
+  if (!mv.hh_until.size()) return;
+  std::vector<i64> all(static_cast<std::size_t>(I.T) * I.Hkv);
+  mv.hh_until.download(all.data(), all.size());
+  until.resize(static_cast<std::size_t>(I.T));
+  for (i64 s = 0; s < I.T; ++s) until[static_cast<std::size_t>(s)] = all[static_cast<std::size_t>(s) * I.Hkv + h];
+  acc.resize(static_cast<std::size_t>(I.T));
+  mv.hh_acc.download(acc.data(), acc.size(), static_cast<std::size_t>(h) * I.T);
 }
 
 i64 LayerEngine::correction_from(int view) const { return impl_->views.at(static_cast<size_t>(view))->corr_from; }
@@ -672,6 +769,10 @@ void LayerEngine::check_guards() const {
     mv->beta.check_guards("kvlinc beta");
     mv->gq_books[0].check_guards("key codebooks");
     mv->gq_books[1].check_guards("value codebooks");
+    mv->hh_until.check_guards("heavy-hitter until");
+    mv->hh_acc.check_guards("heavy-hitter mass");
+    mv->hh_pool.check_guards("heavy-hitter pool");
+    mv->hh_n.check_guards("heavy-hitter pool size");
     mv->lin_w.check_guards("kvlinc linear w");
     mv->lin_c.check_guards("kvlinc linear c");
     mv->lin_b.check_guards("kvlinc linear b");

@@ -32,13 +32,13 @@ namespace kvsim::sim {
 // issue names (KVarN K2V2/K4V2/K4V4, KIVI 2/4, KVLinC with and without its
 // correction, survey combinations). Heavy hitters (gq-sink-hh) have no CUDA
 // twin, so the GPU set leaves them out.
-std::vector<std::string> seed_method_set(bool gpu) {
+std::vector<std::string> seed_method_set() {
   std::vector<std::string> set = {
       "fp",          "kivi:bits=2", "kivi:bits=4", "kvarn-k2v2",          "kvarn-k4v2",
       "kvarn-k4v4",  "kvlinc:correction=none",     "kvlinc:correction=affine", "kvlinc:correction=linear",
       "kvlinc:bits=4,correction=none",             "gq-mse4", "gq-log4", "gq-pow", "gq-kmeans2",
+      "gq-sink-hh",
   };
-  if (!gpu) set.push_back("gq-sink-hh");
   return set;
 }
 
@@ -107,8 +107,7 @@ int cmd_compare(int argc, char** argv) {
   po::variables_map vm;
   if (parse_command_line(argc, argv, desc, vm, "compare")) return 0;
   if (list_set) {
-    const bool gpu_set = o.device == "cuda" || (o.device == "auto" && cuda_available());
-    for (const auto& m : seed_method_set(gpu_set)) std::printf("%s\n", m.c_str());
+    for (const auto& m : seed_method_set()) std::printf("%s\n", m.c_str());
     return 0;
   }
   if (o.device != "auto" && o.device != "cpu" && o.device != "cuda")
@@ -116,7 +115,7 @@ int cmd_compare(int argc, char** argv) {
   if (o.every < 1 || o.long_every < 1) throw UsageError("compare: --every and --long-every must be >= 1");
   const bool gpu = o.device == "cuda" || (o.device == "auto" && cuda_available());
   if (o.traces.empty()) o.traces.push_back("default");
-  if (o.methods.empty()) o.methods = seed_method_set(gpu);
+  if (o.methods.empty()) o.methods = seed_method_set();
   std::vector<ref::MethodConfig> methods;
   for (const auto& spec : o.methods) methods.push_back(parse_method_spec(spec, 0, 0, 0));
   // every trace file opens (and its geometry suits every method) before anything is written

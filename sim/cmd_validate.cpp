@@ -35,6 +35,7 @@
 #include "reference/quant/kvarn.hpp"
 #include "reference/attention/linear_correction.hpp"
 #include "reference/quant/kvlinc.hpp"
+#include "reference/quant/observe.hpp"
 #include "reference/quant/registry.hpp"
 #include "sim/cli_common.hpp"
 #include "sim/entry.hpp"
@@ -127,15 +128,18 @@ struct ValidateCli {
 
 // The view of KV head h at (kq, vq), tokens [0, n): from the full-precision
 // rows and the GPU's dequantized twins, all [T][Hkv][D].
+// `until` (gq heavy hitters, LayerEngine::heavy_hitters; else empty): token s
+// is seen at full precision during the steps t < until[s].
 void gpu_view(const std::vector<i32>& k, const std::vector<i32>& v, const std::vector<i32>& kh,
-              const std::vector<i32>& vh, int Hkv, int D, int h, const cuda::StepView& sv, std::int64_t n,
-              std::vector<i32>& K, std::vector<i32>& V) {
+              const std::vector<i32>& vh, const std::vector<i64>& until, int Hkv, int D, int h,
+              const cuda::StepView& sv, std::int64_t n, std::vector<i32>& K, std::vector<i32>& V) {
   K.resize(static_cast<size_t>(n) * D);
   V.resize(K.size());
   for (std::int64_t s = 0; s < n; ++s) {
     const size_t at = (static_cast<size_t>(s) * Hkv + h) * D;
-    const i32* kr = (s < sv.kq ? kh.data() : k.data()) + at;
-    const i32* vr = (s < sv.vq ? vh.data() : v.data()) + at;
+    const bool held = !until.empty() && sv.t < until[static_cast<size_t>(s)];
+    const i32* kr = (s < sv.kq && !held ? kh.data() : k.data()) + at;
+    const i32* vr = (s < sv.vq && !held ? vh.data() : v.data()) + at;
     std::copy(kr, kr + D, K.begin() + s * D);
     std::copy(vr, vr + D, V.begin() + s * D);
   }
@@ -170,6 +174,7 @@ std::uint64_t validate_layer(const traces::TraceReader& tr, const ref::MethodCon
 
   // GPU: upload, quantize groups, attend every evaluated step (batched)
   cuda::LayerEngine eng(Hq, Hkv, D, t_end);
+  eng.set_prefill(std::min(P, t_end));
   eng.upload(0, t_end, q.data(), k.data(), v.data());
   const int view = eng.add_method(ref::layer_config(mc, layer));
   std::vector<i32> k_hat, v_hat, k_corr;
@@ -206,6 +211,8 @@ std::uint64_t validate_layer(const traces::TraceReader& tr, const ref::MethodCon
   auto run_head = [&](int h) {
     std::uint64_t cnt = 0;
     auto cache = ref::make_cache(mc, layer, h, D);
+    std::vector<i64> until, gacc, mass;  // gq heavy hitters: the GPU pool's history, final masses
+    eng.heavy_hitters(view, h, until, gacc);
     std::vector<i32> pk(static_cast<size_t>(P) * D), pv(pk.size());
     for (std::int64_t t = 0; t < P; ++t)
       for (int d = 0; d < D; ++d) {
@@ -238,7 +245,7 @@ std::uint64_t validate_layer(const traces::TraceReader& tr, const ref::MethodCon
     };
     // the view of all tokens [0, n) at state sv, compared element by element
     auto check_view = [&](const cuda::StepView& sv, std::int64_t n) -> bool {
-      gpu_view(k, v, keys_at(sv), v_hat, Hkv, D, h, sv, n, K, V);
+      gpu_view(k, v, keys_at(sv), v_hat, until, Hkv, D, h, sv, n, K, V);
       for (int which = 0; which < 2; ++which) {
         const i32* c = which == 0 ? cache->keys() : cache->values();
         const std::vector<i32>& g = which == 0 ? K : V;
@@ -312,7 +319,7 @@ std::uint64_t validate_layer(const traces::TraceReader& tr, const ref::MethodCon
             m.n = n;
             m.k_cpu.assign(cache->keys(), cache->keys() + n * D);
             m.v_cpu.assign(cache->values(), cache->values() + n * D);
-            gpu_view(k, v, keys_at(sv), v_hat, Hkv, D, h, sv, n, m.k_gpu, m.v_gpu);
+            gpu_view(k, v, keys_at(sv), v_hat, until, Hkv, D, h, sv, n, m.k_gpu, m.v_gpu);
             m.out_cpu = out;
             m.out_gpu.assign(go, go + D);
             m.den_cpu = W;
@@ -324,8 +331,30 @@ std::uint64_t validate_layer(const traces::TraceReader& tr, const ref::MethodCon
         }
         ++e;
       }
+      if (cache->observes())  // attention feedback (heavy hitters), every decode step, as the replay does
+        ref::observe_step(*cache, q.data() + (static_cast<size_t>(t) * Hq + static_cast<size_t>(h) * group) * D,
+                          group, mass);
       const std::int64_t kq_before = flushed();
       cache->end_step();
+      if (gqc && gqc->config().hh > 0) {  // the pool after every step: the tokens the GPU holds at step t + 1
+        std::int64_t held = 0, missing = -1;
+        for (std::int64_t s : gqc->pool())
+          if (!(t + 1 < until[static_cast<size_t>(s)])) missing = s;
+        const std::int64_t end = ref::gq_pool_end(gqc->config(), n);
+        for (std::int64_t s = gqc->config().sinks; s < end; ++s) held += t + 1 < until[static_cast<size_t>(s)] ? 1 : 0;
+        if (missing >= 0 || held != static_cast<std::int64_t>(gqc->pool().size())) {
+          Mismatch m;
+          m.what = missing >= 0 ? "heavy-hitter pool (a CPU pool token the GPU does not hold)"
+                                : "heavy-hitter pool size";
+          m.step = t;
+          m.element = missing;
+          m.cpu = static_cast<long long>(gqc->pool().size());
+          m.gpu = held;
+          fail(std::move(m));
+          return;
+        }
+        cnt += static_cast<std::uint64_t>(end);
+      }
       // after a key flush, and after the last step: the whole view
       if (flushed() != kq_before || t == t_end - 1)
         if (!check_view(cuda::view_at(mc, t + 1), n)) return;
@@ -435,6 +464,13 @@ std::uint64_t validate_layer(const traces::TraceReader& tr, const ref::MethodCon
         if (!cmp_codes(vs.codes, gs.value_codes, "value code words")) return;
         if (!cmp_codes(words(ks.codebook), words(gs.key_codebook), "key codebook (Q.15)")) return;
         if (!cmp_codes(words(vs.codebook), words(gs.value_codebook), "value codebook (Q.15)")) return;
+        if (gqc->config().hh > 0) {  // the accumulated attention mass of every token (Q.30 sums)
+          std::vector<u32> cw, gw;
+          for (i64 x : gqc->accumulated()) cw.push_back(static_cast<u32>(x)), cw.push_back(static_cast<u32>(x >> 32));
+          for (std::int64_t s = 0; s < t_end; ++s)
+            gw.push_back(static_cast<u32>(gacc[s])), gw.push_back(static_cast<u32>(gacc[s] >> 32));
+          if (!cmp_codes(cw, gw, "heavy-hitter accumulated mass (Q.30, lo/hi words)")) return;
+        }
       }
     }
     compared += cnt;
@@ -489,10 +525,6 @@ int kvsim_cmd_validate(int argc, char** argv) {
   std::vector<ref::MethodConfig> methods;
   if (o.all_methods) {
     for (const auto& info : ref::kMethods) {
-      if (info.id == ref::MethodId::gq && ref::default_config(info).opt_int("hh") > 0) {
-        std::printf("  %-22s skipped: hh > 0 (heavy hitters) has no CUDA twin (step-sequential)\n", info.name);
-        continue;
-      }
       if (info.uses_bits) {
         for (int b : {2, 4}) {
           ref::MethodConfig c = ref::default_config(info);

@@ -153,6 +153,7 @@ ReplaySummary replay_cuda(const ReplayOptions& opt) {
       LayerRows rows = next_rows.get();
       if (li + 1 < layers.size()) next_rows = std::async(std::launch::async, read_layer, layers[li + 1]);
       cuda::LayerEngine eng(Hq, Hkv, D, t_end);
+      eng.set_prefill(std::min(P, t_end));
       cuda::OracleEngine orc(Hq, Hkv, D, t_end);
       eng.upload(0, t_end, rows.q.data(), rows.k.data(), rows.v.data());
       orc.upload(0, t_end, rows.qf.data(), rows.kf.data(), rows.vf.data());
@@ -175,24 +176,40 @@ ReplaySummary replay_cuda(const ReplayOptions& opt) {
         // a view whose quantized keys switch once (kvlinc's correction): corrected keys from kq >= corr_from
         const i64 corr_from = eng.correction_from(view[m]);
         if (corr_from != INT64_MAX) eng.corrected_key_rows(view[m], kc);
+        // r of every token's twin, and its prefix sums
+        struct Scan {
+          std::vector<i64> r;
+          std::vector<analysis::TokenScaleSum> p;
+        };
         auto prefix = [&](const std::vector<i32>& hat, const std::vector<i32>& full, int h) {
-          std::vector<analysis::TokenScaleSum> p(static_cast<size_t>(t_end) + 1);
+          Scan sc{std::vector<i64>(static_cast<size_t>(t_end)),
+                  std::vector<analysis::TokenScaleSum>(static_cast<size_t>(t_end) + 1)};
           for (std::int64_t s = 0; s < t_end; ++s) {
             const size_t at = static_cast<size_t>(s) * row + static_cast<size_t>(h) * D;
-            p[s + 1] = p[s];
-            p[s + 1].add(analysis::log_norm_ratio_q40(hat.data() + at, full.data() + at, D));
+            sc.r[s] = analysis::log_norm_ratio_q40(hat.data() + at, full.data() + at, D);
+            sc.p[s + 1] = sc.p[s];
+            sc.p[s + 1].add(sc.r[s]);
           }
-          return p;
+          return sc;
         };
+        std::vector<i64> until, acc;
         for (int h = 0; h < Hkv; ++h) {
-          const auto pk = prefix(kh, kx, h), pv = prefix(vh, vx, h);
-          const auto pc = kc.empty() ? std::vector<analysis::TokenScaleSum>{} : prefix(kc, kx, h);
+          const Scan pk = prefix(kh, kx, h), pv = prefix(vh, vx, h);
+          const Scan pc = kc.empty() ? Scan{} : prefix(kc, kx, h);
+          eng.heavy_hitters(view[m], h, until, acc);  // gq hh: tokens held at full precision (r = 0 then)
           for (size_t e = 0; e < E; ++e) {
             const cuda::StepView sv = cuda::view_at(opt.methods[m], steps[e]);
             const size_t at = e * Hkv + static_cast<size_t>(h);
-            const auto& keys = sv.kq >= corr_from ? pc : pk;
-            keys[static_cast<size_t>(sv.kq)].finish(steps[e] + 1, ts[m][0][at], ts[m][2][at]);
-            pv[static_cast<size_t>(sv.vq)].finish(steps[e] + 1, ts[m][1][at], ts[m][3][at]);
+            const Scan& keys = sv.kq >= corr_from ? pc : pk;
+            analysis::TokenScaleSum ks = keys.p[static_cast<size_t>(sv.kq)], vs = pv.p[static_cast<size_t>(sv.vq)];
+            if (!until.empty())
+              for (std::int64_t s = 0; s < std::max(sv.kq, sv.vq); ++s)
+                if (steps[e] < until[static_cast<size_t>(s)]) {
+                  if (s < sv.kq) ks.sub(keys.r[static_cast<size_t>(s)]);
+                  if (s < sv.vq) vs.sub(pv.r[static_cast<size_t>(s)]);
+                }
+            ks.finish(steps[e] + 1, ts[m][0][at], ts[m][2][at]);
+            vs.finish(steps[e] + 1, ts[m][1][at], ts[m][3][at]);
           }
         }
       });

@@ -60,7 +60,9 @@ struct AttnArgs {
 /// The replay's view: token s's key is K_hat for s < kq, else the full
 /// precision key (values likewise with vq). Rows [T][Hkv][D]. A method whose
 /// quantized keys change once (kvlinc's correction) gives k_dq_switched, seen
-/// instead of k_dq in items with kq >= switch_kq.
+/// instead of k_dq in items with kq >= switch_kq. A method that protects
+/// quantized tokens for a while (gq's heavy hitters) gives until [T][Hkv]:
+/// token s is seen at full precision during the steps t < until[s][h].
 struct RowView {
   const i32* k_fp = nullptr;
   const i32* k_dq = nullptr;
@@ -68,16 +70,19 @@ struct RowView {
   i64 switch_kq = LLONG_MAX;
   const i32* v_fp = nullptr;
   const i32* v_dq = nullptr;
+  const i64* until = nullptr;
   int Hkv = 0, D = 0;
   // bound per block by begin()
   int h = 0;
-  i64 kq = 0, vq = 0;
+  i64 t = 0, kq = 0, vq = 0;
 
   __device__ void begin(i64 /*e*/, int kv_head, const i64* item) {
     h = kv_head;
+    t = item[0];
     kq = item[1];
     vq = item[2];
   }
+  __device__ bool held(i64 s) const { return until != nullptr && t < until[s * Hkv + h]; }
   template <int C>
   __device__ void load_row(const i32* row, int d0, i32 (&dst)[C]) const {
     if constexpr (C % 4 == 0) {
@@ -98,11 +103,11 @@ struct RowView {
   }
   template <int C>
   __device__ void load_k(i64 s, int d0, i32 (&dst)[C]) const {
-    load_row<C>((s < kq ? (kq >= switch_kq ? k_dq_switched : k_dq) : k_fp) + (s * Hkv + h) * D, d0, dst);
+    load_row<C>((s < kq && !held(s) ? (kq >= switch_kq ? k_dq_switched : k_dq) : k_fp) + (s * Hkv + h) * D, d0, dst);
   }
   template <int C>
   __device__ void load_v(i64 s, int d0, i32 (&dst)[C]) const {
-    load_row<C>((s < vq ? v_dq : v_fp) + (s * Hkv + h) * D, d0, dst);
+    load_row<C>((s < vq && !held(s) ? v_dq : v_fp) + (s * Hkv + h) * D, d0, dst);
   }
 };
 

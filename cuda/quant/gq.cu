@@ -3,6 +3,10 @@
 // called exactly as GqCache::flush calls it; this file owns the grid only.
 #include "cuda/quant/gq.cuh"
 
+#include <climits>
+
+#include "reference/quant/observe.hpp"
+
 namespace kvsim::cuda {
 namespace {
 
@@ -25,7 +29,60 @@ __global__ void GqGroupsKernel(ref::GqTensor c, int sinks, const i32* __restrict
   params[i] = ref::gq_quantize_group(c, grp, cb, codes + i * wpg);
 }
 
+constexpr int kPoolThreads = 256;
+
+__global__ void __launch_bounds__(kPoolThreads)
+    GqPoolKernel(ref::GqConfig c, GqPoolDevice d, i64 n_prev, i64 n, const i64* __restrict__ e,
+                 const i64* __restrict__ W, int group) {
+  const int h = static_cast<int>(blockIdx.x);
+  i64* acc = d.acc + static_cast<i64>(h) * d.T;
+  i64* pool = d.pool + static_cast<i64>(h) * d.T;
+  __shared__ int size;
+  if (e) {  // observe: the step's mass of every token, summed over the group's query heads
+    for (i64 s = threadIdx.x; s < n; s += blockDim.x) {
+      i64 m = 0;
+      for (int g = 0; g < group; ++g) {
+        const i64 qh = static_cast<i64>(h) * group + g;
+        m += ref::attention_mass_q30(e[qh * n + s], W[qh]);
+      }
+      acc[s] += m;
+    }
+  }
+  if (threadIdx.x == 0) {  // new candidates: the tokens this flush quantized for the first time
+    int k = d.pool_n[h];
+    for (i64 s = ref::gq_pool_end(c, n_prev); s < ref::gq_pool_end(c, n); ++s) pool[k++] = s;
+    size = k;
+  }
+  __syncthreads();
+  const int drop = size - c.hh;
+  if (drop <= 0) {
+    if (threadIdx.x == 0) d.pool_n[h] = size;
+    return;
+  }
+  // the token of rank r < drop in the eviction order leaves (rank: tokens before it)
+  for (int i = static_cast<int>(threadIdx.x); i < size; i += blockDim.x) {
+    const i64 a = pool[i], aa = acc[a];
+    int rank = 0;
+    for (int j = 0; j < size; ++j) rank += ref::gq_leaves_first(acc[pool[j]], pool[j], aa, a) ? 1 : 0;
+    if (rank < drop) d.until[a * d.Hkv + h] = n;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {  // keep the rest, in order
+    int k = 0;
+    for (int i = 0; i < size; ++i)
+      if (d.until[pool[i] * d.Hkv + h] == LLONG_MAX) pool[k++] = pool[i];
+    d.pool_n[h] = k;
+  }
+}
+
 }  // namespace
+
+cudaError_t gq_pool_flush(const ref::GqConfig& c, const GqPoolDevice& d, i64 n_prev, i64 n, const i64* e,
+                          const i64* W, int group, cudaStream_t stream) {
+  if (d.Hkv <= 0) return cudaSuccess;
+  GqPoolKernel<<<static_cast<unsigned>(d.Hkv), kPoolThreads, 0, stream>>>(c, d, n_prev, n, e, W, group);
+  return cudaGetLastError();
+}
 
 cudaError_t gq_quantize_tensor(const ref::GqTensor& c, int sinks, const i32* x, i32* xhat, ref::AsymParams* params,
                                u32* codes, const i32* books, int Hkv, int D, i64 nblocks, cudaStream_t stream) {

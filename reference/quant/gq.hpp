@@ -258,6 +258,23 @@ KVSIM_HD inline i64 gq_quantized_tokens(const GqTensor& c, int sinks, int calib,
   return s + (free >= c.block ? (free / c.block) * c.block : 0);
 }
 
+// Heavy hitters (hh > 0): after the flush point with n tokens, the tokens
+// [sinks, gq_pool_end(c, n)) have entered the pool (each when it was first
+// quantized, key or value). Closed form of GqCache's max(ks.nq, vs.nq).
+KVSIM_HD inline i64 gq_pool_end(const GqConfig& c, i64 n) {
+  const i64 s = n < c.sinks ? n : c.sinks;
+  const i64 kn = gq_quantized_tokens(c.k, c.sinks, c.calib, n) - s;
+  const i64 vn = gq_quantized_tokens(c.v, c.sinks, c.calib, n) - s;
+  return c.sinks + (kn > vn ? kn : vn);
+}
+// The pool's eviction order: token a (accumulated mass acc_a) leaves before
+// token b when its mass is smaller, or equal and a is older. A total order on
+// distinct tokens, so "remove the minimum while the pool holds more than hh"
+// removes exactly the (size - hh) first tokens of this order.
+KVSIM_HD inline bool gq_leaves_first(i64 acc_a, i64 a, i64 acc_b, i64 b) {
+  return acc_a < acc_b || (acc_a == acc_b && a < b);
+}
+
 // ------------------------------------------------------------ options
 // Parses "pct99.9" / "pow0.5" style decimals: the digits after `prefix` as num/den.
 inline bool gq_parse_decimal(const std::string& s, const std::string& prefix, i64* num, i64* den) {
@@ -512,6 +529,7 @@ class GqCache final : public HeadCache {
     flush(0);
     flush(1);
     const i64 first1 = std::max(ks_.nq, vs_.nq);
+    KVSIM_CHECK(c_.sinks + first1 == gq_pool_end(c_, size()), "gq: pool end off its closed form");
     // new heavy-hitter candidates: tokens quantized for the first time
     for (i64 t = c_.sinks + first0; t < c_.sinks + first1; ++t) {
       pool_.push_back(t);
@@ -521,8 +539,9 @@ class GqCache final : public HeadCache {
     while (static_cast<i64>(pool_.size()) > c_.hh) {
       size_t m = 0;
       for (size_t i = 1; i < pool_.size(); ++i) {
-        const i64 a = acc_[static_cast<size_t>(pool_[i])], b = acc_[static_cast<size_t>(pool_[m])];
-        if (a < b || (a == b && pool_[i] < pool_[m])) m = i;
+        if (gq_leaves_first(acc_[static_cast<size_t>(pool_[i])], pool_[i], acc_[static_cast<size_t>(pool_[m])],
+                            pool_[m]))
+          m = i;
       }
       prot_[static_cast<size_t>(pool_[m])] = 0;
       dropped.push_back(pool_[m]);

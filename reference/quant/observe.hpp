@@ -18,10 +18,14 @@ namespace kvsim::ref {
 
 inline constexpr int kMassFrac = 30;
 
+// One query head's probability of one token: RNE(e * 2^30 / W), Q.30 (e <= W).
+KVSIM_HD inline i64 attention_mass_q30(i64 e, i64 W) {
+  return static_cast<i64>(fx::div_rne(static_cast<i128>(e) * (i128{1} << kMassFrac), static_cast<i128>(W)));
+}
+
 // Adds one query head's probabilities (numerators e[n], their sum W) to mass[n].
 inline void add_attention_mass(const i64* e, i64 W, i64 n, i64* mass) {
-  for (i64 s = 0; s < n; ++s)
-    mass[s] += static_cast<i64>(fx::div_rne(static_cast<i128>(e[s]) * (i128{1} << kMassFrac), static_cast<i128>(W)));
+  for (i64 s = 0; s < n; ++s) mass[s] += attention_mass_q30(e[s], W);
 }
 
 // Runs the cache's current view against the `group` query rows q[group][D]

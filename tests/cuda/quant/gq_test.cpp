@@ -3,7 +3,7 @@
 // view rule (quantized token counts at every step), the dequantized views and
 // the exact decode attention of every step and query head. Head dims 64, 80,
 // 96, 128, 256; GQA 1, 4, 8; bits 2 and 4; every preset without heavy
-// hitters and a sample of combinations; lengths around block boundaries;
+// hitters (gq_hh_test.cpp) and a sample of combinations; lengths around block boundaries;
 // guard bytes around every device buffer; non-zero outputs required.
 #include <catch2/catch.hpp>
 
@@ -169,9 +169,4 @@ TEST_CASE("CUDA gq combinations and block/window/sink boundaries equal the refer
         const std::string vg = o.find("vgroup") != std::string::npos ? "" : "vgroup=16,";
         run_gq(spec("gq", g + vg + o), D, 8, 2, P + 90, P, ++seed);
       }
-}
-
-TEST_CASE("CUDA gq rejects heavy hitters with a message", "[cuda][gq]") {
-  cuda::LayerEngine eng(4, 1, 64, 10);
-  REQUIRE_THROWS_WITH(eng.add_method(spec("gq-sink-hh", "")), Catch::Contains("no CUDA twin"));
 }

@@ -91,7 +91,8 @@ TEST_CASE("GPU replay writes the same results as the CPU replay, bit for bit", "
                  sim::parse_method_spec("kvarn-k2v2:tile=64", 0, 0, 0),
                  sim::parse_method_spec("kvlinc:correction=affine,calib=100", 2, sh.head_dim == 96 ? 16 : 0, 0),
                  sim::parse_method_spec("kvlinc:correction=linear,calib=100,rank=16", 2, sh.head_dim == 96 ? 16 : 0,
-                                        0)};
+                                        0),
+                 sim::parse_method_spec("gq:sinks=2,hh=16,kblock=32,vwindow=16", 0, 0, 0)};
     o.every = sh.every;
     o.threads = 4;
     o.out_h5 = (dir / "cpu.h5").string();
