@@ -25,8 +25,9 @@ struct KvarnDeviceOut {
 };
 
 /// Rotates the tokens of the quantized tiles (one thread per token row),
-/// runs the per-tile core ref::kvarn::quantize_tile (one thread per (K/V,
-/// head, tile)), and writes the views rotated back (one thread per token row).
+/// runs the per-tile core ref::kvarn::quantize_tile's steps (one thread block
+/// per (K/V, head, tile), a thread per row/column, state in shared memory),
+/// and writes the views rotated back (one thread per token row).
 ///   k, v   [T][Hkv][D] entry format
 /// Throws std::runtime_error on an allocation failure; returns launch errors.
 cudaError_t kvarn_quantize(const ref::KvarnConfig& c, const i32* k, const i32* v, const KvarnDeviceOut& o, int Hkv,

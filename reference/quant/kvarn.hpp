@@ -166,6 +166,21 @@ KVSIM_HD inline i64 std_from_sums(i64 S1, i128 S2, int n) {
   return static_cast<i64>(fx::sqrt_rne(static_cast<u128>(var)));       // Q.32
 }
 
+// The exact sums S1 += e, S2 += e^2 of the balanced elements of one line of
+// the tile, over the other axis' indices [k0, k1): line o is column o (rows =
+// false: k runs over the R rows) or row o (rows = true: k runs over the C
+// columns). Integer sums: any split of [0, n) into ranges, added in any
+// order, gives the same S1, S2 (the GPU splits a line over threads).
+KVSIM_HD inline void line_sums(const i64* y, Tile t, const i64* f, const i64* g, bool rows, int o, int k0, int k1,
+                               i64& S1, i128& S2) {
+  for (int k = k0; k < k1; ++k) {
+    const int i = rows ? o : k, j = rows ? k : o;
+    const i64 e = balanced(y[i * t.rs + j * t.cs], f[j], g[i]);
+    S1 += e;
+    S2 += static_cast<i128>(e) * e;
+  }
+}
+
 // Std of each column (rows = false: out[C], over the R elements of a column)
 // or of each row (rows = true: out[R]) of the balanced tile at factors f[C], g[R].
 KVSIM_HD inline void axis_stds(const i64* y, Tile t, const i64* f, const i64* g, bool rows, i64* out) {
@@ -173,35 +188,39 @@ KVSIM_HD inline void axis_stds(const i64* y, Tile t, const i64* f, const i64* g,
   for (int o = 0; o < n_out; ++o) {
     i64 S1 = 0;
     i128 S2 = 0;
-    for (int k = 0; k < n_in; ++k) {
-      const int i = rows ? o : k, j = rows ? k : o;
-      const i64 e = balanced(y[i * t.rs + j * t.cs], f[j], g[i]);
-      S1 += e;
-      S2 += static_cast<i128>(e) * e;
-    }
+    line_sums(y, t, f, g, rows, o, 0, n_in, S1, S2);
     out[o] = std_from_sums(S1, S2, n_in);
   }
 }
 
-// log[k] <- clip(log[k] + ln(clamp(std[k], 1e-3, 1e3)), -0.3, 10); then the
-// factor fac[k] = e^-(log[k] + off) in Q.50.
-KVSIM_HD inline void update_logs(i64* logs, const i64* std, int n, i64 off, i64* fac) {
-  for (int k = 0; k < n; ++k) {
-    const i64 s = fx::clamp(std[k], kStdMin, kStdMax);
-    logs[k] = fx::clamp(logs[k] + fx::ln_q32(static_cast<u64>(s), kBalFrac), kLogMin, kLogMax);
-    fac[k] = exp_q32_to(-(logs[k] + off), kFactorFrac);
-  }
+// One log scale: log <- clip(log + ln(clamp(std, 1e-3, 1e3)), -0.3, 10); returns
+// the factor e^-(log + off) in Q.50.
+KVSIM_HD inline i64 update_log(i64& log, i64 std, i64 off) {
+  const i64 s = fx::clamp(std, kStdMin, kStdMax);
+  log = fx::clamp(log + fx::ln_q32(static_cast<u64>(s), kBalFrac), kLogMin, kLogMax);
+  return exp_q32_to(-(log + off), kFactorFrac);
 }
 
-// max/max(min, 1e-8) of n stds, Q.32 (i128: max < 2^57 shifted by 32).
+// update_log of n log scales: logs[k], factors fac[k].
+KVSIM_HD inline void update_logs(i64* logs, const i64* std, int n, i64 off, i64* fac) {
+  for (int k = 0; k < n; ++k) fac[k] = update_log(logs[k], std[k], off);
+}
+
+// max/max(min, 1e-8) of stds whose exact max and min are mx, mn: Q.32 (i128:
+// max < 2^57 shifted by 32).
+KVSIM_HD inline i128 spread_of(i64 mx, i64 mn) {
+  if (mn < kImbFloor) mn = kImbFloor;
+  return fx::div_rne(static_cast<i128>(mx) << 32, static_cast<i128>(mn));
+}
+
+// spread_of the max and min of n stds.
 KVSIM_HD inline i128 spread(const i64* std, int n) {
   i64 mx = std[0], mn = std[0];
   for (int k = 1; k < n; ++k) {
     mx = std[k] > mx ? std[k] : mx;
     mn = std[k] < mn ? std[k] : mn;
   }
-  if (mn < kImbFloor) mn = kImbFloor;
-  return fx::div_rne(static_cast<i128>(mx) << 32, static_cast<i128>(mn));
+  return spread_of(mx, mn);
 }
 
 // The outputs of one tile. Rows i: params[i] (fp16 scale and zero, the row's
@@ -290,8 +309,60 @@ KVSIM_HD inline SinkhornResult sinkhorn(const i64* y, Tile t, int D, int iters, 
   return r;
 }
 
+// Column j at the best state: its factor e^-(a_j + c) (Q.50, returned), its
+// stored fp16 scale e^a_j (col) and that scale exactly in Q.24 (u).
+KVSIM_HD inline i64 best_column(i64 best_a, i64 c, u16& col, i64& u) {
+  const i64 ea = exp_q32_to(best_a, kScaleExpFrac);
+  col = fx::fp16_from_fixed_rne(ea, kScaleExpFrac);
+  u = fx::fixed_from_fp16(col, 24);  // exact
+  return exp_q32_to(-(best_a + c), kFactorFrac);
+}
+
+// Row i at the best state (row log scale best_b, column factors f[C] and
+// fp16 column scales u[C] in Q.24 from best_column): min/max over the row,
+// the fp16 scale and zero with e^b folded in (o.params[i]), the packed codes
+// (o.codes row i, zeroed by the caller) and the dequantized row (o.yhat).
+// Touches only row i's outputs.
+KVSIM_HD inline void quantize_row(const i64* y, Tile t, int i, const i64* f, const i64* u, i64 best_b, int bits,
+                                  TileOut o) {
+  const int C = t.C;
+  const i64 L = (i64{1} << bits) - 1;
+  const i64 gi = exp_q32_to(-best_b, kFactorFrac);
+  i64 lo = 0, hi = 0;
+  for (int j = 0; j < C; ++j) {
+    const i64 e = balanced(y[i * t.rs + j * t.cs], f[j], gi);
+    lo = (j == 0 || e < lo) ? e : lo;
+    hi = (j == 0 || e > hi) ? e : hi;
+  }
+  // stored: (hi - lo)/L e^b and lo e^b, fp16, each rounded once (sticky division)
+  const i64 eb = exp_q32_to(best_b, kScaleExpFrac);  // < e^10 2^40 < 2^55
+  const i128 rs = static_cast<i128>(hi - lo) * eb;   // Q.72, < 2^50 2^55
+  i128 qs = rs / L;
+  if (qs * L != rs) qs |= 1;
+  AsymParams p;
+  p.scale = fp16_from_i128_rne(qs, kBalFrac + kScaleExpFrac);
+  p.zero = fp16_from_i128_rne(static_cast<i128>(lo) * eb, kBalFrac + kScaleExpFrac);
+  o.params[i] = p;
+  const i64 s24 = fx::fixed_from_fp16(p.scale, 24), z24 = fx::fixed_from_fp16(p.zero, 24);
+  u32* w = o.codes + static_cast<i64>(i) * o.wpr;
+  for (int j = 0; j < C; ++j) {
+    const i64 at = i * t.rs + j * t.cs;
+    const i64 e = balanced(y[at], f[j], gi);
+    const i64 q = hi == lo ? 0 : fx::clamp(fx::div_rne((e - lo) * L, hi - lo), 0, L);
+    pack_code(w, j, static_cast<u8>(q), bits);
+    // (q s + z) u: Q.24 * Q.24 = Q.48, |.| < 2^45 2^40; one RNE to Q.36
+    const i128 v = static_cast<i128>(q * s24 + z24) * u[j];
+    const i128 yh = fx::shift_right_rne(v, 48 - kHatFrac);
+    // |y^| ~ |y| / sqrt(D) <= 2^15 up to fp16 rounding: < 2^52 in Q.36, so H^T y^ < 2^60
+    KVSIM_CHECK(yh > -(static_cast<i128>(1) << 52) && yh < (static_cast<i128>(1) << 52),
+                "kvarn: dequantized value out of range");
+    o.yhat[at] = static_cast<i64>(yh);
+  }
+}
+
 // Sinkhorn balancing, per-row quantization and dequantization of one tile
-// (the whole per-tile algorithm; CPU and CUDA call exactly this). Arguments
+// (the whole per-tile algorithm; the CPU calls exactly this, the GPU runs the
+// same steps with a thread block per tile: cuda/quant/kvarn.cu). Arguments
 // as sinkhorn().
 KVSIM_HD inline SinkhornResult quantize_tile(const i64* y, Tile t, int D, int bits, int iters, i64* scratch,
                                              TileOut o) {
@@ -302,47 +373,8 @@ KVSIM_HD inline SinkhornResult quantize_tile(const i64* y, Tile t, int D, int bi
   i64* f = scratch + C + R;  // [C] reused: factors at the best state
   i64* u = f + C;            // [C] u_j = fp16 e^a_j, Q.24
   const i64 c = half_ln_dim(D);
-  // factors at the best state; the fp16 column scales e^a_j
-  for (int j = 0; j < C; ++j) {
-    f[j] = exp_q32_to(-(best_a[j] + c), kFactorFrac);
-    const i64 ea = exp_q32_to(best_a[j], kScaleExpFrac);
-    o.col[j] = fx::fp16_from_fixed_rne(ea, kScaleExpFrac);
-    u[j] = fx::fixed_from_fp16(o.col[j], 24);  // exact
-  }
-  const i64 L = (i64{1} << bits) - 1;
-  for (int i = 0; i < R; ++i) {
-    const i64 gi = exp_q32_to(-best_b[i], kFactorFrac);
-    i64 lo = 0, hi = 0;
-    for (int j = 0; j < C; ++j) {
-      const i64 e = balanced(y[i * t.rs + j * t.cs], f[j], gi);
-      lo = (j == 0 || e < lo) ? e : lo;
-      hi = (j == 0 || e > hi) ? e : hi;
-    }
-    // stored: (hi - lo)/L e^b and lo e^b, fp16, each rounded once (sticky division)
-    const i64 eb = exp_q32_to(best_b[i], kScaleExpFrac);  // < e^10 2^40 < 2^55
-    const i128 rs = static_cast<i128>(hi - lo) * eb;        // Q.72, < 2^50 2^55
-    i128 qs = rs / L;
-    if (qs * L != rs) qs |= 1;
-    AsymParams p;
-    p.scale = fp16_from_i128_rne(qs, kBalFrac + kScaleExpFrac);
-    p.zero = fp16_from_i128_rne(static_cast<i128>(lo) * eb, kBalFrac + kScaleExpFrac);
-    o.params[i] = p;
-    const i64 s24 = fx::fixed_from_fp16(p.scale, 24), z24 = fx::fixed_from_fp16(p.zero, 24);
-    u32* w = o.codes + static_cast<i64>(i) * o.wpr;
-    for (int j = 0; j < C; ++j) {
-      const i64 at = i * t.rs + j * t.cs;
-      const i64 e = balanced(y[at], f[j], gi);
-      const i64 q = hi == lo ? 0 : fx::clamp(fx::div_rne((e - lo) * L, hi - lo), 0, L);
-      pack_code(w, j, static_cast<u8>(q), bits);
-      // (q s + z) u: Q.24 * Q.24 = Q.48, |.| < 2^45 2^40; one RNE to Q.36
-      const i128 v = static_cast<i128>(q * s24 + z24) * u[j];
-      const i128 yh = fx::shift_right_rne(v, 48 - kHatFrac);
-      // |y^| ~ |y| / sqrt(D) <= 2^15 up to fp16 rounding: < 2^52 in Q.36, so H^T y^ < 2^60
-      KVSIM_CHECK(yh > -(static_cast<i128>(1) << 52) && yh < (static_cast<i128>(1) << 52),
-                  "kvarn: dequantized value out of range");
-      o.yhat[at] = static_cast<i64>(yh);
-    }
-  }
+  for (int j = 0; j < C; ++j) f[j] = best_column(best_a[j], c, o.col[j], u[j]);
+  for (int i = 0; i < R; ++i) quantize_row(y, t, i, f, u, best_b[i], bits, o);
   return res;
 }
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cuda/kvsim_cuda.hpp"
+#include "tests/cuda/quant/compare.hpp"
 #include "reference/attention/decode_attention.hpp"
 #include "reference/quant/gq.hpp"
 #include "reference/quant/registry.hpp"
@@ -59,27 +60,14 @@ void run_gq(const ref::MethodConfig& mc, int D, int Hq, int Hkv, i64 T, i64 P, u
   std::mt19937_64 rng(seed);
   const std::vector<i64> q = gq_queries(rng, T, Hq, D);
   const std::vector<i32> k = gq_rows(rng, T, Hkv, D, 1.0), v = gq_rows(rng, T, Hkv, D, 1.0);
-  cuda::LayerEngine eng(Hq, Hkv, D, T, 4096);
-  eng.upload(0, T, q.data(), k.data(), v.data());
-  const int view = eng.add_method(mc);
-  std::vector<cuda::StepView> items;
-  for (i64 t = P; t < T; ++t) items.push_back(cuda::view_at(mc, t));
-  cuda::AttnOut out;
-  eng.attend(view, items, false, out);
-  eng.check_guards();
+  test::GpuCase gpu(mc, Hq, Hkv, D, T, P, q, k, v, false);
   const int group = Hq / Hkv;
   bool nonzero = false;
   for (int h = 0; h < Hkv; ++h) {
     auto base = ref::method_info(mc.id).make(mc, D);
     auto& cache = dynamic_cast<ref::GqCache&>(*base);
-    std::vector<i32> pk, pv;
-    for (i64 t = 0; t < P; ++t) {
-      const size_t r = (static_cast<size_t>(t) * Hkv + h) * D;
-      pk.insert(pk.end(), k.begin() + r, k.begin() + r + D);
-      pv.insert(pv.end(), v.begin() + r, v.begin() + r + D);
-    }
+    const std::vector<i32> pk = test::head_rows(k, 0, P, Hkv, h, D), pv = test::head_rows(v, 0, P, Hkv, h, D);
     cache.prefill(pk.data(), pv.data(), P);
-    std::vector<i64> logits, o(static_cast<size_t>(D));
     for (i64 t = P; t < T; ++t) {
       const size_t r = (static_cast<size_t>(t) * Hkv + h) * D;
       cache.append(k.data() + r, v.data() + r);
@@ -87,45 +75,20 @@ void run_gq(const ref::MethodConfig& mc, int D, int Hq, int Hkv, i64 T, i64 P, u
       INFO("step " << t << " kv head " << h);
       REQUIRE(cache.quantized_keys() == sv.kq);
       REQUIRE(cache.quantized_values() == sv.vq);
-      const i64 n = t + 1;
-      const size_t e = static_cast<size_t>(t - P);
-      logits.resize(static_cast<size_t>(n));
-      for (int g = 0; g < group; ++g) {
-        const int qh = h * group + g;
-        i64 W = 0;
-        ref::decode_attention_ref(q.data() + (static_cast<size_t>(t) * Hq + qh) * D, cache.keys(), cache.values(), n,
-                                  D, logits.data(), o.data(), nullptr, &W);
-        const i64* go = out.out.data() + (e * Hq + qh) * D;
-        for (int d = 0; d < D; ++d) {
-          if (o[d] != go[d])
-            FAIL("output mismatch at step " << t << " q head " << qh << " element " << d << ": cpu " << o[d]
-                                            << " gpu " << go[d]);
-          nonzero |= o[d] != 0;
-        }
-        REQUIRE(W == out.den[e * Hq + qh]);
-      }
+      test::require_same_attention(gpu.out, static_cast<size_t>(t - P), t, h, group, q, cache, false, nonzero);
       cache.end_step();
     }
     const cuda::StepView fin = cuda::view_at(mc, T);
     REQUIRE(cache.quantized_keys() == fin.kq);
     REQUIRE(cache.quantized_values() == fin.vq);
-    const cuda::GqState s = eng.gq_state(view, h, cache.key_state().nq, cache.value_state().nq);
-    auto same_params = [](const std::vector<ref::AsymParams>& a, const std::vector<ref::AsymParams>& b) {
-      if (a.size() != b.size()) return false;
-      for (size_t i = 0; i < a.size(); ++i)
-        if (a[i].scale != b[i].scale || a[i].zero != b[i].zero) return false;
-      return true;
-    };
-    REQUIRE(same_params(s.key_params, cache.key_state().params));
-    REQUIRE(same_params(s.value_params, cache.value_state().params));
+    const cuda::GqState s = gpu.eng.gq_state(gpu.view, h, cache.key_state().nq, cache.value_state().nq);
+    test::require_same_params(s.key_params, cache.key_state().params, "key param");
+    test::require_same_params(s.value_params, cache.value_state().params, "value param");
     REQUIRE(s.key_codes == cache.key_state().codes);
     REQUIRE(s.value_codes == cache.value_state().codes);
     REQUIRE(s.key_codebook == cache.key_state().codebook);
     REQUIRE(s.value_codebook == cache.value_state().codebook);
-    std::vector<i32> K, V;
-    eng.view_rows(view, h, fin, T, K, V);
-    REQUIRE(std::equal(K.begin(), K.end(), cache.keys()));
-    REQUIRE(std::equal(V.begin(), V.end(), cache.values()));
+    test::require_same_view(gpu.eng, gpu.view, h, fin, T, cache);
   }
   if (T > P) REQUIRE(nonzero);
 }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cuda/kvsim_cuda.hpp"
+#include "tests/cuda/quant/compare.hpp"
 #include "tests/cuda/quant/test_rows.hpp"
 #include "reference/attention/decode_attention.hpp"
 #include "reference/quant/kivi.hpp"
@@ -51,28 +52,15 @@ void run_case(const Case& c) {
   mc.residual = c.R;
   REQUIRE(ref::method_info(mc.id).check(mc, c.D).empty());
 
-  cuda::LayerEngine eng(c.Hq, c.Hkv, c.D, c.T, 4096);
-  eng.upload(0, c.T, q.data(), k.data(), v.data());
-  const int view = eng.add_method(mc);
-  std::vector<cuda::StepView> items;
-  for (i64 t = c.P; t < c.T; ++t) items.push_back(cuda::view_at(mc, t));
-  cuda::AttnOut out;
-  eng.attend(view, items, true, out);
-  eng.check_guards();
+  test::GpuCase gpu(mc, c.Hq, c.Hkv, c.D, c.T, c.P, q, k, v, true);
 
   const int group = c.Hq / c.Hkv;
   bool nonzero = false;
   for (int h = 0; h < c.Hkv; ++h) {
     auto cache = ref::method_info(mc.id).make(mc, c.D);
-    std::vector<i32> pk, pv;
-    for (i64 t = 0; t < c.P; ++t) {
-      const size_t r = (static_cast<size_t>(t) * c.Hkv + h) * c.D;
-      pk.insert(pk.end(), k.begin() + r, k.begin() + r + c.D);
-      pv.insert(pv.end(), v.begin() + r, v.begin() + r + c.D);
-    }
+    const std::vector<i32> pk = test::head_rows(k, 0, c.P, c.Hkv, h, c.D), pv = test::head_rows(v, 0, c.P, c.Hkv, h, c.D);
     cache->prefill(pk.data(), pv.data(), c.P);
     const auto* kivi = dynamic_cast<const ref::KiviCache*>(cache.get());
-    std::vector<i64> logits, o(static_cast<size_t>(c.D)), w;
     for (i64 t = c.P; t < c.T; ++t) {
       const size_t r = (static_cast<size_t>(t) * c.Hkv + h) * c.D;
       cache->append(k.data() + r, v.data() + r);
@@ -82,58 +70,20 @@ void run_case(const Case& c) {
         REQUIRE(kivi->quantized_keys() == sv.kq);
         REQUIRE(kivi->quantized_values() == sv.vq);
       }
-      const i64 n = t + 1;
-      const size_t e = static_cast<size_t>(t - c.P);
-      logits.resize(static_cast<size_t>(n));
-      w.resize(static_cast<size_t>(n));
-      for (int g = 0; g < group; ++g) {
-        const int qh = h * group + g;
-        i64 W = 0;
-        ref::decode_attention_ref(q.data() + (static_cast<size_t>(t) * c.Hq + qh) * c.D, cache->keys(),
-                                  cache->values(), n, c.D, logits.data(), o.data(), w.data(), &W);
-        const i64* go = out.out.data() + (e * c.Hq + qh) * c.D;
-        for (int d = 0; d < c.D; ++d) {
-          if (o[d] != go[d])
-            FAIL("output mismatch at step " << t << " q head " << qh << " element " << d << ": cpu " << o[d]
-                                            << " (0x" << std::hex << o[d] << ") gpu " << std::dec << go[d] << " (0x"
-                                            << std::hex << go[d] << ")");
-          nonzero |= o[d] != 0;
-        }
-        if (W != out.den[e * c.Hq + qh])
-          FAIL("denominator mismatch at step " << t << " q head " << qh << ": cpu " << W << " gpu "
-                                               << out.den[e * c.Hq + qh]);
-        const i64* gw = out.weights_of(e, qh, n);
-        for (i64 s = 0; s < n; ++s)
-          if (w[s] != gw[s])
-            FAIL("weight mismatch at step " << t << " q head " << qh << " token " << s << ": cpu " << w[s]
-                                            << " gpu " << gw[s]);
-      }
+      test::require_same_attention(gpu.out, static_cast<size_t>(t - c.P), t, h, group, q, *cache, true, nonzero);
       cache->end_step();
     }
     if (kivi) {
       const cuda::StepView fin = cuda::view_at(mc, c.T);
       REQUIRE(kivi->quantized_keys() == fin.kq);
       REQUIRE(kivi->quantized_values() == fin.vq);
-      const cuda::KiviState s = eng.kivi_state(view, h, fin.kq, fin.vq);
-      REQUIRE(s.key_params.size() == kivi->key_params().size());
-      REQUIRE(s.value_params.size() == kivi->value_params().size());
-      for (size_t i = 0; i < s.key_params.size(); ++i) {
-        INFO("key group param " << i);
-        REQUIRE(s.key_params[i].scale == kivi->key_params()[i].scale);
-        REQUIRE(s.key_params[i].zero == kivi->key_params()[i].zero);
-      }
-      for (size_t i = 0; i < s.value_params.size(); ++i) {
-        INFO("value group param " << i);
-        REQUIRE(s.value_params[i].scale == kivi->value_params()[i].scale);
-        REQUIRE(s.value_params[i].zero == kivi->value_params()[i].zero);
-      }
+      const cuda::KiviState s = gpu.eng.kivi_state(gpu.view, h, fin.kq, fin.vq);
+      test::require_same_params(s.key_params, kivi->key_params(), "key group param");
+      test::require_same_params(s.value_params, kivi->value_params(), "value group param");
       REQUIRE(s.key_codes == kivi->key_codes());
       REQUIRE(s.value_codes == kivi->value_codes());
       // the attention view after the last step, every token
-      std::vector<i32> K, V;
-      eng.view_rows(view, h, fin, c.T, K, V);
-      REQUIRE(std::equal(K.begin(), K.end(), cache->keys()));
-      REQUIRE(std::equal(V.begin(), V.end(), cache->values()));
+      test::require_same_view(gpu.eng, gpu.view, h, fin, c.T, *cache);
     }
   }
   if (c.T > c.P) REQUIRE(nonzero);

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cuda/kvsim_cuda.hpp"
+#include "tests/cuda/quant/compare.hpp"
 #include "tests/cuda/quant/test_rows.hpp"
 #include "reference/attention/decode_attention.hpp"
 #include "reference/quant/kvarn.hpp"
@@ -39,22 +40,6 @@ std::string describe(const Case& c) {
 using test::query_rows;
 using test::rows;
 
-template <class A, class B>
-void require_same_u16(const A& a, const B& b, const char* what) {
-  REQUIRE(a.size() == b.size());
-  for (size_t i = 0; i < a.size(); ++i)
-    if (a[i] != b[i]) FAIL(what << " mismatch at " << i << ": gpu " << a[i] << " cpu " << b[i]);
-}
-
-void require_same_params(const std::vector<ref::AsymParams>& g, const std::vector<ref::AsymParams>& c,
-                         const char* what) {
-  REQUIRE(g.size() == c.size());
-  for (size_t i = 0; i < g.size(); ++i)
-    if (g[i].scale != c[i].scale || g[i].zero != c[i].zero)
-      FAIL(what << " mismatch at " << i << ": gpu " << g[i].scale << "/" << g[i].zero << " cpu " << c[i].scale << "/"
-                << c[i].zero);
-}
-
 void run_case(const Case& c) {
   INFO(describe(c));
   std::mt19937_64 rng(c.seed);
@@ -67,14 +52,7 @@ void run_case(const Case& c) {
                          ",tile=" + std::to_string(c.G) + ",iters=" + std::to_string(c.iters));
   REQUIRE(ref::method_info(mc.id).check(mc, c.D).empty());
 
-  cuda::LayerEngine eng(c.Hq, c.Hkv, c.D, c.T, 4096);
-  eng.upload(0, c.T, q.data(), k.data(), v.data());
-  const int view = eng.add_method(mc);
-  std::vector<cuda::StepView> items;
-  for (i64 t = c.P; t < c.T; ++t) items.push_back(cuda::view_at(mc, t));
-  cuda::AttnOut out;
-  eng.attend(view, items, true, out);
-  eng.check_guards();
+  test::GpuCase gpu(mc, c.Hq, c.Hkv, c.D, c.T, c.P, q, k, v, true);
 
   const int group = c.Hq / c.Hkv;
   bool nonzero = false, some_quantized = false;
@@ -82,15 +60,9 @@ void run_case(const Case& c) {
     auto cache = ref::method_info(mc.id).make(mc, c.D);
     const auto* kv = dynamic_cast<const ref::KvarnCache*>(cache.get());
     REQUIRE(kv);
-    std::vector<i32> pk, pv;
-    for (i64 t = 0; t < c.P; ++t) {
-      const size_t r = (static_cast<size_t>(t) * c.Hkv + h) * c.D;
-      pk.insert(pk.end(), k.begin() + r, k.begin() + r + c.D);
-      pv.insert(pv.end(), v.begin() + r, v.begin() + r + c.D);
-    }
+    const std::vector<i32> pk = test::head_rows(k, 0, c.P, c.Hkv, h, c.D), pv = test::head_rows(v, 0, c.P, c.Hkv, h, c.D);
     cache->prefill(pk.data(), pv.data(), c.P);
     REQUIRE(kv->flushed_tokens() == cuda::view_at(mc, c.P).kq);
-    std::vector<i64> logits, o(static_cast<size_t>(c.D)), w;
     for (i64 t = c.P; t < c.T; ++t) {
       const size_t r = (static_cast<size_t>(t) * c.Hkv + h) * c.D;
       cache->append(k.data() + r, v.data() + r);
@@ -101,54 +73,25 @@ void run_case(const Case& c) {
         REQUIRE(sv.vq == sv.kq);
       }
       const i64 n = t + 1;
-      const size_t e = static_cast<size_t>(t - c.P);
-      logits.resize(static_cast<size_t>(n));
-      w.resize(static_cast<size_t>(n));
-      for (int g = 0; g < group; ++g) {
-        const int qh = h * group + g;
-        i64 W = 0;
-        ref::decode_attention_ref(q.data() + (static_cast<size_t>(t) * c.Hq + qh) * c.D, cache->keys(),
-                                  cache->values(), n, c.D, logits.data(), o.data(), w.data(), &W);
-        const i64* go = out.out.data() + (e * c.Hq + qh) * c.D;
-        for (int d = 0; d < c.D; ++d) {
-          if (o[d] != go[d])
-            FAIL("output mismatch at step " << t << " q head " << qh << " element " << d << ": cpu " << o[d]
-                                            << " gpu " << go[d]);
-          nonzero |= o[d] != 0;
-        }
-        if (W != out.den[e * c.Hq + qh])
-          FAIL("denominator mismatch at step " << t << " q head " << qh << ": cpu " << W << " gpu "
-                                               << out.den[e * c.Hq + qh]);
-        const i64* gw = out.weights_of(e, qh, n);
-        for (i64 s = 0; s < n; ++s)
-          if (w[s] != gw[s])
-            FAIL("weight mismatch at step " << t << " q head " << qh << " token " << s << ": cpu " << w[s]
-                                            << " gpu " << gw[s]);
-      }
+      test::require_same_attention(gpu.out, static_cast<size_t>(t - c.P), t, h, group, q, *cache, true, nonzero);
       const i64 before = kv->flushed_tokens();
       cache->end_step();
       if (kv->flushed_tokens() != before || t == c.T - 1) {  // after a flush and at the end: the whole view
-        std::vector<i32> K, V;
-        eng.view_rows(view, h, cuda::view_at(mc, t + 1), n, K, V);
         INFO("view after step " << t << " kv head " << h);
-        REQUIRE(std::equal(K.begin(), K.end(), cache->keys()));
-        REQUIRE(std::equal(V.begin(), V.end(), cache->values()));
+        test::require_same_view(gpu.eng, gpu.view, h, cuda::view_at(mc, t + 1), n, *cache);
       }
     }
     const cuda::StepView fin = cuda::view_at(mc, c.T);
     REQUIRE(kv->flushed_tokens() == fin.kq);
-    const cuda::KvarnState s = eng.kvarn_state(view, h, kv->quantized_tiles());
+    const cuda::KvarnState s = gpu.eng.kvarn_state(gpu.view, h, kv->quantized_tiles());
     some_quantized |= kv->quantized_tiles() > 0;
-    require_same_params(s.key_params, kv->key_params(), "key row scale/zero");
-    require_same_u16(s.key_col_scales, kv->key_col_scales(), "key column scale");
+    test::require_same_params(s.key_params, kv->key_params(), "key row scale/zero");
+    test::require_same_u16(s.key_col_scales, kv->key_col_scales(), "key column scale");
     REQUIRE(s.key_codes == kv->key_codes());
-    require_same_params(s.value_params, kv->value_params(), "value row scale/zero");
-    require_same_u16(s.value_col_scales, kv->value_col_scales(), "value column scale");
+    test::require_same_params(s.value_params, kv->value_params(), "value row scale/zero");
+    test::require_same_u16(s.value_col_scales, kv->value_col_scales(), "value column scale");
     REQUIRE(s.value_codes == kv->value_codes());
-    std::vector<i32> K, V;
-    eng.view_rows(view, h, fin, c.T, K, V);
-    REQUIRE(std::equal(K.begin(), K.end(), cache->keys()));
-    REQUIRE(std::equal(V.begin(), V.end(), cache->values()));
+    test::require_same_view(gpu.eng, gpu.view, h, fin, c.T, *cache);
   }
   if (c.T > c.P) REQUIRE(nonzero);
   if (c.T >= 2 * c.G) REQUIRE(some_quantized);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cuda/kvsim_cuda.hpp"
+#include "tests/cuda/quant/compare.hpp"
 #include "reference/attention/decode_attention.hpp"
 #include "reference/attention/linear_correction.hpp"
 #include "reference/quant/kvlinc.hpp"
@@ -75,32 +76,19 @@ void run_case(const Case& c) {
   ref::apply_options(mc, info, "correction=" + c.correction + ",calib=" + std::to_string(c.calib));
   REQUIRE(info.check(mc, c.D).empty());
 
-  cuda::LayerEngine eng(c.Hq, c.Hkv, c.D, c.T, 4096);
-  eng.upload(0, c.T, q.data(), k.data(), v.data());
-  const int view = eng.add_method(mc);
-  std::vector<cuda::StepView> items;
-  for (i64 t = c.P; t < c.T; ++t) items.push_back(cuda::view_at(mc, t));
-  cuda::AttnOut out;
-  eng.attend(view, items, true, out);
-  eng.check_guards();
-  const i64 corr_from = eng.correction_from(view);
+  test::GpuCase gpu(mc, c.Hq, c.Hkv, c.D, c.T, c.P, q, k, v, true);
+  const i64 corr_from = gpu.eng.correction_from(gpu.view);
 
   const int group = c.Hq / c.Hkv;
   bool nonzero = false, switched = false;
   for (int h = 0; h < c.Hkv; ++h) {
     auto cache = info.make(mc, c.D);
     const auto& kl = dynamic_cast<const ref::KvlincCache&>(*cache);
-    std::vector<i32> pk, pv;
-    for (i64 t = 0; t < c.P; ++t) {
-      const size_t r = (static_cast<size_t>(t) * c.Hkv + h) * c.D;
-      pk.insert(pk.end(), k.begin() + r, k.begin() + r + c.D);
-      pv.insert(pv.end(), v.begin() + r, v.begin() + r + c.D);
-    }
+    const std::vector<i32> pk = test::head_rows(k, 0, c.P, c.Hkv, h, c.D), pv = test::head_rows(v, 0, c.P, c.Hkv, h, c.D);
     const bool linear = c.correction.rfind("linear", 0) == 0;
     auto observe = [&](i64 t) { cache->observe_queries(q.data() + (static_cast<size_t>(t) * c.Hq + h * group) * c.D, group); };
     for (i64 t = 0; t < c.P; ++t) observe(t);
     cache->prefill(pk.data(), pv.data(), c.P);
-    std::vector<i64> logits, o(static_cast<size_t>(c.D)), w;
     for (i64 t = c.P; t < c.T; ++t) {
       const size_t r = (static_cast<size_t>(t) * c.Hkv + h) * c.D;
       observe(t);
@@ -113,65 +101,31 @@ void run_case(const Case& c) {
         REQUIRE(kl.fitted() == (sv.kq >= (linear ? c.calib : corr_from)));
         switched |= kl.fitted() && sv.kq > 0;
       }
-      const i64 n = t + 1;
-      const size_t e = static_cast<size_t>(t - c.P);
-      logits.resize(static_cast<size_t>(n));
-      w.resize(static_cast<size_t>(n));
-      for (int g = 0; g < group; ++g) {
-        const int qh = h * group + g;
-        i64 W = 0;
-        ref::decode_attention_linear_ref(q.data() + (static_cast<size_t>(t) * c.Hq + qh) * c.D, cache->keys(),
-                                         cache->values(), n, c.D, logits.data(), o.data(), w.data(), &W,
-                                         cache->linear_correction());
-        const i64* go = out.out.data() + (e * c.Hq + qh) * c.D;
-        for (int d = 0; d < c.D; ++d) {
-          if (o[d] != go[d])
-            FAIL("output mismatch at step " << t << " q head " << qh << " element " << d << ": cpu " << o[d]
-                                            << " gpu " << go[d]);
-          nonzero |= o[d] != 0;
-        }
-        if (W != out.den[e * c.Hq + qh])
-          FAIL("denominator mismatch at step " << t << " q head " << qh << ": cpu " << W << " gpu "
-                                               << out.den[e * c.Hq + qh]);
-        const i64* gw = out.weights_of(e, qh, n);
-        for (i64 s = 0; s < n; ++s)
-          if (w[s] != gw[s]) FAIL("weight mismatch at step " << t << " q head " << qh << " token " << s);
-      }
+      test::require_same_attention(gpu.out, static_cast<size_t>(t - c.P), t, h, group, q, *cache, true, nonzero);
       cache->end_step();
     }
     const cuda::StepView fin = cuda::view_at(mc, c.T);
     REQUIRE(kl.kivi().quantized_keys() == fin.kq);
     REQUIRE(kl.kivi().quantized_values() == fin.vq);
-    const cuda::KiviState s = eng.kivi_state(view, h, fin.kq, fin.vq);
-    REQUIRE(s.key_params.size() == kl.kivi().key_params().size());
-    REQUIRE(s.value_params.size() == kl.kivi().value_params().size());
-    for (size_t i = 0; i < s.key_params.size(); ++i) {
-      REQUIRE(s.key_params[i].scale == kl.kivi().key_params()[i].scale);
-      REQUIRE(s.key_params[i].zero == kl.kivi().key_params()[i].zero);
-    }
-    for (size_t i = 0; i < s.value_params.size(); ++i) {
-      REQUIRE(s.value_params[i].scale == kl.kivi().value_params()[i].scale);
-      REQUIRE(s.value_params[i].zero == kl.kivi().value_params()[i].zero);
-    }
+    const cuda::KiviState s = gpu.eng.kivi_state(gpu.view, h, fin.kq, fin.vq);
+    test::require_same_params(s.key_params, kl.kivi().key_params(), "key group param");
+    test::require_same_params(s.value_params, kl.kivi().value_params(), "value group param");
     REQUIRE(s.key_codes == kl.kivi().key_codes());
     REQUIRE(s.value_codes == kl.kivi().value_codes());
     if (kl.fitted() && linear) {  // phi's parameters and the end state's S, z
       std::vector<i128> S, z;
-      const ref::KvlincLinear L = eng.kvlinc_linear(view, h, fin.kq, S, z);
+      const ref::KvlincLinear L = gpu.eng.kvlinc_linear(gpu.view, h, fin.kq, S, z);
       REQUIRE(L.w == kl.linear_params().w);
       REQUIRE(L.c == kl.linear_params().c);
       REQUIRE(L.b == kl.linear_params().b);
       REQUIRE(S == kl.linear_S());
       REQUIRE(z == kl.linear_z());
     } else if (kl.fitted()) {
-      const ref::KvlincAffine a = eng.kvlinc_affine(view, h);
+      const ref::KvlincAffine a = gpu.eng.kvlinc_affine(gpu.view, h);
       REQUIRE(a.alpha == kl.affine().alpha);
       REQUIRE(a.beta == kl.affine().beta);
     }
-    std::vector<i32> K, V;
-    eng.view_rows(view, h, fin, c.T, K, V);
-    REQUIRE(std::equal(K.begin(), K.end(), cache->keys()));
-    REQUIRE(std::equal(V.begin(), V.end(), cache->values()));
+    test::require_same_view(gpu.eng, gpu.view, h, fin, c.T, *cache);
   }
   if (c.T > c.P) REQUIRE(nonzero);
   if (c.correction != "affine") REQUIRE(corr_from == LLONG_MAX);
