@@ -26,7 +26,7 @@ namespace kvsim::test {
 
 /// The GPU side of a case: queries [T][Hq][D], keys/values [T][Hkv][D]
 /// uploaded into an engine with 4096 guard bytes around every buffer, method
-/// mc added, the attention of steps [P, T) (weights if asked), guards checked.
+/// the prefill length P set, mc added, the attention of steps [P, T) (weights if asked), guards checked.
 struct GpuCase {
   cuda::LayerEngine eng;
   int view = 0;
@@ -35,6 +35,7 @@ struct GpuCase {
           const std::vector<i32>& k, const std::vector<i32>& v, bool weights)
       : eng(Hq, Hkv, D, T, 4096) {
     eng.upload(0, T, q.data(), k.data(), v.data());
+    eng.set_prefill(P);
     view = eng.add_method(mc);
     std::vector<cuda::StepView> items;
     for (i64 t = P; t < T; ++t) items.push_back(cuda::view_at(mc, t));

@@ -20,10 +20,10 @@
 #include <vector>
 
 #include "cuda/kvsim_cuda.hpp"
-#include "reference/attention/decode_attention.hpp"
 #include "reference/quant/gq.hpp"
 #include "reference/quant/observe.hpp"
 #include "reference/quant/registry.hpp"
+#include "tests/cuda/quant/compare.hpp"
 
 using namespace kvsim;
 
@@ -78,15 +78,9 @@ i64 run_hh(const ref::MethodConfig& mc, int D, int Hq, int Hkv, i64 T, i64 P, u6
   INFO(ref::method_label(mc) << " D=" << D << " Hq=" << Hq << " Hkv=" << Hkv << " T=" << T << " P=" << P);
   REQUIRE(ref::method_info(mc.id).check(mc, D).empty());
   const Rows r = hh_rows(seed, T, Hq, Hkv, D);
-  cuda::LayerEngine eng(Hq, Hkv, D, T, 4096);
-  eng.upload(0, T, r.q.data(), r.k.data(), r.v.data());
-  eng.set_prefill(P);
-  const int view = eng.add_method(mc);
-  std::vector<cuda::StepView> items;
-  for (i64 t = P; t < T; ++t) items.push_back(cuda::view_at(mc, t));
-  cuda::AttnOut out;
-  eng.attend(view, items, false, out);
-  eng.check_guards();
+  test::GpuCase gpu(mc, Hq, Hkv, D, T, P, r.q, r.k, r.v, false);
+  cuda::LayerEngine& eng = gpu.eng;
+  const int view = gpu.view;
   const int group = Hq / Hkv;
   i64 churn = 0;
   for (int h = 0; h < Hkv; ++h) {
@@ -97,45 +91,27 @@ i64 run_hh(const ref::MethodConfig& mc, int D, int Hq, int Hkv, i64 T, i64 P, u6
     auto base = ref::method_info(mc.id).make(mc, D);
     auto& cache = dynamic_cast<ref::GqCache&>(*base);
     const ref::GqConfig& c = cache.config();
-    std::vector<i32> pk, pv;
-    for (i64 t = 0; t < P; ++t) {
-      const size_t at = (static_cast<size_t>(t) * Hkv + h) * D;
-      pk.insert(pk.end(), r.k.begin() + at, r.k.begin() + at + D);
-      pv.insert(pv.end(), r.v.begin() + at, r.v.begin() + at + D);
-    }
+    const std::vector<i32> pk = test::head_rows(r.k, 0, P, Hkv, h, D), pv = test::head_rows(r.v, 0, P, Hkv, h, D);
     cache.prefill(pk.data(), pv.data(), P);
     auto same_pool = [&](i64 step) {  // the CPU pool == the tokens the GPU holds during `step`
-      std::vector<i64> cpu = cache.pool(), gpu;
+      std::vector<i64> cpu = cache.pool(), held;
       for (i64 s = c.sinks; s < ref::gq_pool_end(c, cache.size()); ++s)
-        if (step < until[static_cast<size_t>(s)]) gpu.push_back(s);
+        if (step < until[static_cast<size_t>(s)]) held.push_back(s);
       std::sort(cpu.begin(), cpu.end());
       INFO("pool before step " << step << " kv head " << h);
-      REQUIRE(cpu == gpu);
+      REQUIRE(cpu == held);
       REQUIRE(static_cast<int>(cpu.size()) <= c.hh);
     };
     same_pool(P);
-    std::vector<i64> logits, o(static_cast<size_t>(D)), mass;
+    std::vector<i64> mass;
+    bool nonzero = false;
     for (i64 t = P; t < T; ++t) {
       const size_t at = (static_cast<size_t>(t) * Hkv + h) * D;
       cache.append(r.k.data() + at, r.v.data() + at);
       const cuda::StepView sv = cuda::view_at(mc, t);
       REQUIRE(cache.quantized_keys() == sv.kq);
       REQUIRE(cache.quantized_values() == sv.vq);
-      const i64 n = t + 1;
-      const size_t e = static_cast<size_t>(t - P);
-      logits.resize(static_cast<size_t>(n));
-      for (int g = 0; g < group; ++g) {
-        const int qh = h * group + g;
-        i64 W = 0;
-        ref::decode_attention_ref(r.q.data() + (static_cast<size_t>(t) * Hq + qh) * D, cache.keys(), cache.values(),
-                                  n, D, logits.data(), o.data(), nullptr, &W);
-        const i64* go = out.out.data() + (e * Hq + qh) * D;
-        for (int d = 0; d < D; ++d)
-          if (o[d] != go[d])
-            FAIL("output mismatch at step " << t << " q head " << qh << " element " << d << ": cpu " << o[d]
-                                            << " gpu " << go[d]);
-        REQUIRE(W == out.den[e * Hq + qh]);
-      }
+      test::require_same_attention(gpu.out, static_cast<size_t>(t - P), t, h, group, r.q, cache, false, nonzero);
       ref::observe_step(cache, r.q.data() + (static_cast<size_t>(t) * Hq + static_cast<size_t>(h) * group) * D, group,
                         mass);
       const std::vector<i64> before = cache.pool();
@@ -147,11 +123,8 @@ i64 run_hh(const ref::MethodConfig& mc, int D, int Hq, int Hkv, i64 T, i64 P, u6
       same_pool(t + 1);
     }
     REQUIRE(cache.accumulated() == acc);
-    const cuda::StepView fin = cuda::view_at(mc, T);
-    std::vector<i32> K, V;
-    eng.view_rows(view, h, fin, T, K, V);
-    REQUIRE(std::equal(K.begin(), K.end(), cache.keys()));
-    REQUIRE(std::equal(V.begin(), V.end(), cache.values()));
+    test::require_same_view(eng, view, h, cuda::view_at(mc, T), T, cache);
+    if (T > P) REQUIRE(nonzero);
     const cuda::GqState s = eng.gq_state(view, h, cache.key_state().nq, cache.value_state().nq);
     REQUIRE(s.key_codes == cache.key_state().codes);
     REQUIRE(s.value_codes == cache.value_state().codes);

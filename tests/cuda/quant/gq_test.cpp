@@ -108,7 +108,8 @@ TEST_CASE("CUDA gq presets equal the reference (head dims, GQA, bits)", "[cuda][
           const ref::MethodConfig mc =
               spec(info.name, g + calib + "kbits=" + std::to_string(bits) + ",vbits=" + std::to_string(bits));
           const i64 T = D >= 128 ? 200 : 260;
-          run_gq(mc, D, ratio == 1 ? 2 : ratio, ratio == 1 ? 2 : 1, T, ++seed % 3 == 0 ? 0 : 130, seed);
+          ++seed;
+          run_gq(mc, D, ratio == 1 ? 2 : ratio, ratio == 1 ? 2 : 1, T, seed % 3 == 0 ? 0 : 130, seed);
         }
     }
   }
