@@ -81,7 +81,7 @@ struct MethodViews {
   ref::GqConfig gq;
   i64 gq_nb[2] = {0, 0};
   int gq_gpb[2] = {0, 0}, gq_wpg[2] = {0, 0};
-  DeviceBuffer<i32> gq_books[2];     // [Hkv][2^b]
+  DeviceBuffer<i32> gq_books[2];     // [Hkv][2^(b d)][d]
   std::vector<i32> gq_host_books[2];
   std::vector<int> head_view;  // mixed precision: KV head h's rows and state come from view head_view[h]
   // kvlinc correction=linear: w [Hkv][r][D], c, b [Hkv][r] (host fit), prefix states S, z per kq / R

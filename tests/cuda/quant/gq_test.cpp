@@ -3,7 +3,8 @@
 // view rule (quantized token counts at every step), the dequantized views and
 // the exact decode attention of every step and query head. Head dims 64, 80,
 // 96, 128, 256; GQA 1, 4, 8; bits 2 and 4; every preset without heavy
-// hitters and a sample of combinations; lengths around block boundaries;
+// hitters (vector k-means presets: 2-bit) and a sample of combinations
+// (vector k-means with d = 2, 4); lengths around block boundaries;
 // guard bytes around every device buffer; non-zero outputs required.
 #include <catch2/catch.hpp>
 
@@ -136,12 +137,15 @@ TEST_CASE("CUDA gq presets equal the reference (head dims, GQA, bits)", "[cuda][
   u64 seed = 20000;
   for (const auto& info : ref::kMethods) {
     if (info.id != ref::MethodId::gq || ref::default_config(info).opt_int("hh") > 0) continue;
+    const ref::MethodConfig dc = ref::default_config(info);
+    const bool vq = dc.opt_int("kvdim") > 1 || dc.opt_int("vvdim") > 1;  // 2-bit only (b d <= 8); fits of 256 vectors
     for (int D : {64, 80, 96, 128, 256}) {
       const std::string g = D % 32 == 0 ? "" : "kgroup=16,vgroup=16,";
       for (int bits : {2, 4})
         for (int ratio : {1, 4, 8}) {
           if (D >= 128 && ratio == 8 && bits == 4) continue;  // keep the checked CPU side quick
-          const std::string calib = std::string(info.name) == "gq-kmeans2" ? "calib=140," : "";
+          if (vq && (bits == 4 || ratio == 4 || (D == 256 && ratio != 8))) continue;
+          const std::string calib = dc.opt("klevels") == "kmeans" ? "calib=140," : "";
           const ref::MethodConfig mc =
               spec(info.name, g + calib + "kbits=" + std::to_string(bits) + ",vbits=" + std::to_string(bits));
           const i64 T = D >= 128 ? 200 : 260;
@@ -161,6 +165,10 @@ TEST_CASE("CUDA gq combinations and block/window/sink boundaries equal the refer
       "klevels=kmeans,vlevels=kmeans,kbits=3,vbits=2,calib=70,kblock=32,sinks=4,kscale=pct99.9,vscale=mse",
       "klevels=pow0.25,vlevels=log,kaxis=tensor,kblock=8,vbits=8",
       "klevels=kmeans,calib=40,kgroup=8,kblock=8,vlevels=uniform,vbits=5",
+      // vector k-means: 6-bit codes (5 per word), mse/pct scales; tensor axis and 8-bit codes
+      "klevels=kmeans,vlevels=kmeans,kvdim=2,vvdim=4,kbits=3,calib=70,kblock=32,kgroup=16,sinks=3,kscale=mse,vscale=pct99",
+      "kaxis=tensor,kblock=8,klevels=kmeans,kvdim=4,vaxis=channel,vgroup=8,vblock=8,vwindow=0,vlevels=kmeans,vvdim=2,"
+      "vbits=4,calib=40",
   };
   for (const auto& o : combos)
     for (i64 P : {i64{0}, i64{1}, i64{15}, i64{16}, i64{17}, i64{69}, i64{70}, i64{71}})
