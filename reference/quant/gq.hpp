@@ -207,6 +207,7 @@ KVSIM_HD inline i32 gq_unit_decode(const GqTensor& c, u8 q, int i, AsymParams p,
 }
 // The domain values of unit u (elements u d .. u d + d - 1) of the group.
 KVSIM_HD inline void gq_unit_values(const GqTensor& c, const GqGroup& g, i64 u, i32* y) {
+  KVSIM_CHECK(c.vdim >= 1 && c.vdim <= kMaxVqDim, "gq: vdim beyond the vector buffer (gq_config checks b d <= 8)");
   for (int i = 0; i < c.vdim; ++i) y[i] = gq_domain(c, g.x[g.at(u * c.vdim + i)]);
 }
 

@@ -150,6 +150,7 @@ inline constexpr int kMaxVqDim = 4;  // b >= 2 and b d <= 8 (codebooks of at mos
 // values x[0..d) of one vector in the group (s, z); cb holds K centroids of d
 // Q.15 coordinates each ([K][d]), K <= 256. See the header for the exactness.
 KVSIM_HD inline u8 kmeans_vq_quantize(const i32* x, int d, AsymParams p, const i32* cb, int K) {
+  KVSIM_CHECK(d >= 1 && d <= kMaxVqDim && K >= 1 && K <= 256, "vector k-means: d in [1, 4], at most 256 centroids");
   const i128 S = fx::fixed_from_fp16(p.scale, kScaleFrac);  // Q.40, |S| < 2^56 (fp16 max 65504)
   const i128 Z = fx::fixed_from_fp16(p.zero, kScaleFrac);
   if (S == 0) return 0;
@@ -166,7 +167,8 @@ KVSIM_HD inline u8 kmeans_vq_quantize(const i32* x, int d, AsymParams p, const i
       ac += A[i] * ck[i];                      // |.| < d 2^87
     }
     i128 g = S * c2 - 2 * ac;  // |S c2| < 2^88, |2 ac| < 2^91 (d <= 4)
-    g = S > 0 ? g : -g;        // distance = sum A^2 + S g: S < 0 would reverse the order
+    KVSIM_CHECK(fx::fits_signed_bits(g, 92), "vector k-means distance term beyond its bound");
+    g = S > 0 ? g : -g;  // distance = sum A^2 + S g: S < 0 would reverse the order
     if (k == 0 || g < bg) {
       bg = g;
       best = k;
