@@ -114,7 +114,7 @@ struct KvarnState {
 struct GqState {
   std::vector<ref::AsymParams> key_params, value_params;  // [nq/B][groups per block]
   std::vector<u32> key_codes, value_codes;                // [nq/B][groups per block][words per group]
-  std::vector<i32> key_codebook, value_codebook;          // [2^b] Q.15 (levels=kmeans), else empty
+  std::vector<i32> key_codebook, value_codebook;          // [2^(b d)][d] Q.15 (levels=kmeans, d = vdim), else empty
 };
 
 // ------------------------------------------------------------ attention outputs

@@ -81,7 +81,7 @@ struct MethodViews {
   ref::GqConfig gq;
   i64 gq_nb[2] = {0, 0};
   int gq_gpb[2] = {0, 0}, gq_wpg[2] = {0, 0};
-  DeviceBuffer<i32> gq_books[2];     // [Hkv][2^b]
+  DeviceBuffer<i32> gq_books[2];     // [Hkv][2^(b d)][d]
   std::vector<i32> gq_host_books[2];
   // gq heavy hitters (hh > 0): the pool's history (gq.cuh, GqPoolDevice)
   DeviceBuffer<i64> hh_until, hh_acc, hh_pool;  // [T][Hkv], [Hkv][T], [Hkv][T]

@@ -25,7 +25,7 @@ __global__ void GqGroupsKernel(ref::GqTensor c, int sinks, const i32* __restrict
   ref::gq_group_rect(c, D, sinks + b * c.block, g, &t0, &nt, &d0, &nd);
   const i64 off = (t0 * Hkv + h) * D + d0;
   const ref::GqGroup grp{x + off, xhat + off, static_cast<i64>(Hkv) * D, nt, nd};
-  const i32* cb = books ? books + (static_cast<i64>(h) << c.bits) : nullptr;
+  const i32* cb = books ? books + static_cast<i64>(h) * ref::gq_codebook_size(c) : nullptr;
   params[i] = ref::gq_quantize_group(c, grp, cb, codes + i * wpg);
 }
 

@@ -18,7 +18,8 @@ namespace kvsim::cuda {
 ///   xhat    [T][Hkv][D] receives the dequantized twin of tokens of the blocks
 ///   params  [Hkv][nblocks][gpb], gpb = gq_groups_per_block
 ///   codes   [Hkv][nblocks][gpb][wpg], wpg = gq_words_per_group, zeroed by the caller
-///   books   [Hkv][2^bits] Q.15 k-means codebooks (levels=kmeans), else null
+///   books   [Hkv][2^(bits d)][d] Q.15 k-means codebooks (levels=kmeans, d = c.vdim;
+///           gq_codebook_size entries per head), else null
 cudaError_t gq_quantize_tensor(const ref::GqTensor& c, int sinks, const i32* x, i32* xhat, ref::AsymParams* params,
                                u32* codes, const i32* books, int Hkv, int D, i64 nblocks, cudaStream_t stream = 0);
 

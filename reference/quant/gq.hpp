@@ -30,6 +30,16 @@
 //             exactly by bisection on the integer value); values beyond are
 //             clamped by the quantizer.
 //   levels    uniform (asymmetric, asym.hpp), log, pow<p>, kmeans (levels.hpp).
+//   vdim=d    (kvdim/vvdim, levels=kmeans only; default 1 = scalar k-means)
+//             vector quantization: a vector is d consecutive elements of a
+//             group in its element order (token-major, then channel): d
+//             consecutive channels of one token on the token axis, d
+//             consecutive tokens of one channel on the channel axis; on the
+//             tensor axis d consecutive elements of the block's row-major
+//             order (channels of a token, running on into the next token
+//             when d does not divide D). d divides the group's element
+//             count and b d <= 8 (codebooks of 2^(b d) <= 256 vectors); one
+//             code of b d bits per vector, so b bits per element.
 //   sinks=N   the first N tokens are never quantized (not part of the blocks:
 //             blocks start at token N).
 //   hh=N      heavy hitters (H2O's accumulated attention, MiKV's "important
@@ -49,11 +59,15 @@
 //             block is quantized (which waits until N tokens have arrived):
 //             the full blocks of [sinks, N), grouped as the tensor's own rule,
 //             each value normalised to [0, 1] by its group's min-max range (in
-//             double), then levels.hpp kmeans_fit with `seed`.
+//             double), then levels.hpp kmeans_fit with `seed` (vdim > 1: the
+//             groups' vectors, as above).
 //   Stored:   per group an fp16 scale and zero (log: scale only), codes of b bits
 //             packed 32/b per u32 word (LSB first) in the group's own words, in
-//             element order (token-major, then channel); k-means codebooks
-//             (2^b levels, 16 bits each); full-precision tokens (sinks, windows,
+//             element order (token-major, then channel) (vdim = d: one code of
+//             b d bits per vector, 32/(b d) per word, in vector order; b d in
+//             {3, 5, 6, 7} leaves the word's top bits unused, codes never cross
+//             words); k-means codebooks (2^(b d) vectors of d levels, 16 bits
+//             per level); full-precision tokens (sinks, windows,
 //             the heavy-hitter pool's copies) 16 bits per element; with hh > 0
 //             the accumulated mass, 32 bits per token.
 //
@@ -98,6 +112,7 @@ struct GqTensor {
   i64 pct_num = 100, pct_den = 1;  // p = num/den percent
   int levels = kLevelsUniform;
   i64 pow_num = 1, pow_den = 1;  // exponent p = num/den
+  int vdim = 1;  // d: elements per k-means vector (levels=kmeans; 1 = scalar)
 };
 
 struct GqConfig {
@@ -133,10 +148,16 @@ KVSIM_HD inline void gq_group_rect(const GqTensor& c, int D, i64 t0, int i, i64*
 KVSIM_HD inline int gq_group_size(const GqTensor& c, int D) {
   return c.axis == kAxisChannel ? c.group : c.axis == kAxisToken ? c.group : c.block * D;
 }
+// Bits of one code: b per element, b d per k-means vector.
+KVSIM_HD inline int gq_code_bits(const GqTensor& c) { return c.bits * c.vdim; }
 KVSIM_HD inline int gq_words_per_group(const GqTensor& c, int D) {
-  const i64 n = gq_group_size(c, D);
-  const int per = codes_per_word(c.bits);
+  const i64 n = gq_group_size(c, D) / c.vdim;  // codes per group
+  const int per = codes_per_word(gq_code_bits(c));
   return static_cast<int>((n + per - 1) / per);
+}
+// Q.15 entries of one k-means codebook: 2^(b d) vectors of d levels (0 without k-means).
+KVSIM_HD inline int gq_codebook_size(const GqTensor& c) {
+  return c.levels == kLevelsKmeans ? (1 << gq_code_bits(c)) * c.vdim : 0;
 }
 
 // One group's elements: element e (token-major, then channel) is
@@ -175,6 +196,21 @@ KVSIM_HD inline i32 gq_decode(const GqTensor& c, u8 q, AsymParams p, const i32* 
     default: return asym_dequantize(q, p);
   }
 }
+// Code of one vector (d = c.vdim > 1: k-means vector quantization) or of one
+// element (d = 1) from its domain values y[0..d).
+KVSIM_HD inline u8 gq_unit_code(const GqTensor& c, const i32* y, AsymParams p, const i32* cb) {
+  return c.vdim > 1 ? kmeans_vq_quantize(y, c.vdim, p, cb, 1 << gq_code_bits(c)) : gq_code(c, y[0], p, cb);
+}
+// Dequantized domain value of coordinate i of a unit's code.
+KVSIM_HD inline i32 gq_unit_decode(const GqTensor& c, u8 q, int i, AsymParams p, const i32* cb) {
+  return c.vdim > 1 ? kmeans_level_dequantize(cb[q * c.vdim + i], p) : gq_decode(c, q, p, cb);
+}
+// The domain values of unit u (elements u d .. u d + d - 1) of the group.
+KVSIM_HD inline void gq_unit_values(const GqTensor& c, const GqGroup& g, i64 u, i32* y) {
+  KVSIM_CHECK(c.vdim >= 1 && c.vdim <= kMaxVqDim, "gq: vdim beyond the vector buffer (gq_config checks b d <= 8)");
+  for (int i = 0; i < c.vdim; ++i) y[i] = gq_domain(c, g.x[g.at(u * c.vdim + i)]);
+}
+
 // Domain value back to the entry format.
 KVSIM_HD inline i32 gq_undomain(const GqTensor& c, i32 y) {
   return c.levels == kLevelsPow ? pow_signed(y, c.pow_den, c.pow_num) : y;
@@ -196,10 +232,14 @@ KVSIM_HD inline i64 gq_order_stat(const GqTensor& c, const GqGroup& g, i64 k, i6
 // Exact sum of squared domain errors of the group for params p.
 KVSIM_HD inline u128 gq_sq_error(const GqTensor& c, const GqGroup& g, AsymParams p, const i32* cb) {
   u128 s = 0;
-  for (i64 e = 0; e < g.n(); ++e) {
-    const i32 y = gq_domain(c, g.x[g.at(e)]);
-    const i64 d = static_cast<i64>(y) - gq_decode(c, gq_code(c, y, p, cb), p, cb);  // |d| < 2^33
-    s += static_cast<u128>(static_cast<i128>(d) * d);  // n < 2^16 terms of < 2^66: < 2^82
+  i32 y[kMaxVqDim];
+  for (i64 u = 0; u < g.n() / c.vdim; ++u) {
+    gq_unit_values(c, g, u, y);
+    const u8 q = gq_unit_code(c, y, p, cb);
+    for (int i = 0; i < c.vdim; ++i) {
+      const i64 d = static_cast<i64>(y[i]) - gq_unit_decode(c, q, i, p, cb);  // |d| < 2^33
+      s += static_cast<u128>(static_cast<i128>(d) * d);  // n < 2^16 terms of < 2^66: < 2^82
+    }
   }
   return s;
 }
@@ -237,11 +277,12 @@ KVSIM_HD inline AsymParams gq_quantize_group(const GqTensor& c, const GqGroup& g
       }
     }
   }
-  for (i64 e = 0; e < g.n(); ++e) {
-    const i64 a = g.at(e);
-    const u8 q = gq_code(c, gq_domain(c, g.x[a]), p, cb);
-    pack_code(codes, e, q, c.bits);
-    g.xhat[a] = gq_undomain(c, gq_decode(c, q, p, cb));
+  i32 y[kMaxVqDim];
+  for (i64 u = 0; u < g.n() / c.vdim; ++u) {
+    gq_unit_values(c, g, u, y);
+    const u8 q = gq_unit_code(c, y, p, cb);
+    pack_code(codes, u, q, gq_code_bits(c));
+    for (int i = 0; i < c.vdim; ++i) g.xhat[g.at(u * c.vdim + i)] = gq_undomain(c, gq_unit_decode(c, q, i, p, cb));
   }
   return p;
 }
@@ -353,6 +394,19 @@ inline std::string gq_check_tensor(const GqTensor& t, const std::string& pre, in
   const i64 n = t.axis == kAxisTensor ? static_cast<i64>(t.block) * D : t.group;  // elements per group
   if (n > 65536)
     return tag + "a group would hold " + std::to_string(n) + " elements (at most 65536: the exact error sums' bound)";
+  const std::string vd = pre + "vdim=" + std::to_string(t.vdim);
+  if (t.vdim < 1) return tag + "vdim must be at least 1";
+  if (t.vdim > 1 && t.levels != kLevelsKmeans)
+    return tag + vd + " needs " + pre + "levels=kmeans (vectors are quantized against a learned codebook; the other "
+                 "level sets are per element)";
+  if (t.bits * t.vdim > 8)
+    return tag + "bits=" + std::to_string(t.bits) + " x " + vd + " = " + std::to_string(t.bits * t.vdim) +
+           " bits per code: the codebook would hold 2^" + std::to_string(t.bits * t.vdim) +
+           " vectors (at most 256: b d <= 8)";
+  if (t.vdim > 1 && (t.axis != kAxisTensor || D > 0) && n % t.vdim != 0)
+    return tag + vd + " does not divide the group's " + std::to_string(n) + " elements (" +
+           (t.axis == kAxisTensor ? pre + "block x head dim" : pre + "group") + "): a vector is " + std::to_string(t.vdim) +
+           " consecutive elements of one group";
   return {};
 }
 
@@ -374,11 +428,13 @@ inline std::string gq_config(const Config& m, int head_dim, GqConfig* out) {
     c.hh = static_cast<int>(m.opt_int("hh"));
     c.calib = static_cast<int>(m.opt_int("calib"));
     c.seed = static_cast<u64>(m.opt_int("seed"));
+    c.k.vdim = static_cast<int>(m.opt_int("kvdim"));
+    c.v.vdim = static_cast<int>(m.opt_int("vvdim"));
   } catch (const std::exception& e) {
     return std::string("gq: ") + e.what();
   }
   for (const char* key : {"kbits", "vbits", "kgroup", "vgroup", "kblock", "vblock", "kwindow", "vwindow", "sinks", "hh",
-                          "calib"})
+                          "calib", "kvdim", "vvdim"})
     if (m.opt_int(key) < 0 || m.opt_int(key) > (1 << 20))
       return std::string("gq: ") + key + "=" + m.opt(key) + " is out of range [0, 2^20]";
   if (std::string w = gq_parse_tensor(c.k, "k", m.opt("kaxis"), m.opt("kscale"), m.opt("klevels")); !w.empty()) return w;
@@ -421,8 +477,8 @@ inline std::vector<i32> gq_fit_codebook(const GqTensor& c, int sinks, int calib,
         for (int d = 0; d < nd; ++d)
           samples.push_back(static_cast<double>(g[a * tstride + d] - mn) / static_cast<double>(mx - mn));
     }
-  if (samples.empty()) samples.push_back(0.5);  // constant calibration data: one level
-  return kmeans_fit(samples, 1 << c.bits, seed);
+  if (samples.empty()) samples.assign(static_cast<size_t>(c.vdim), 0.5);  // constant calibration data: one level
+  return kmeans_fit(samples, 1 << gq_code_bits(c), seed, c.vdim);
 }
 
 // ------------------------------------------------------------ the cache
@@ -432,7 +488,7 @@ struct GqTensorState {
   i64 nq = 0;  // non-sink tokens quantized: [sinks, sinks + nq)
   std::vector<AsymParams> params;
   std::vector<u32> codes;
-  std::vector<i32> codebook;  // k-means: 2^b Q.15 levels (empty until fitted)
+  std::vector<i32> codebook;  // k-means: [2^(b d)][d] Q.15 levels (empty until fitted)
 };
 
 class GqCache final : public HeadCache {

@@ -176,6 +176,8 @@ inline constexpr MethodOption kGqOptions[] = {
     {"hh", "0", "heavy-hitter budget: N quantized tokens with the largest accumulated attention kept at full precision"},
     {"calib", "0", "k-means calibration prefix: the codebook is learned on the first N tokens"},
     {"seed", "1", "k-means initialisation seed"},
+    {"kvdim", "1", "key k-means vector dimension d (klevels=kmeans): d consecutive group elements share one code of kbits*d bits (codebook of 2^(kbits*d) vectors, kbits*d <= 8)"},
+    {"vvdim", "1", "value k-means vector dimension d (vlevels=kmeans)"},
 };
 
 inline std::string gq_check(const MethodConfig& m, int d) { return gq_config(m, d, nullptr); }
@@ -189,7 +191,7 @@ inline int gq_period(const MethodConfig& m) {
 }
 inline constexpr const char* kGqOrigin = "survey of KV-cache quantization error compensation (seed 001); KIVI, KVQuant, H2O/MiKV";
 
-inline constexpr std::array<MethodInfo, 15> kMethods{{
+inline constexpr std::array<MethodInfo, 16> kMethods{{
     {MethodId::fp, "fp", "no quantization, through the same fixed-point path (the reference's own error)",
      "kvsim", false, false, false, 16,
      [](const MethodConfig&, int) { return std::string{}; },
@@ -246,6 +248,9 @@ inline constexpr std::array<MethodInfo, 15> kMethods{{
     {MethodId::gq, "gq-kmeans2",
      "gq 2-bit k-means codebooks learned on the first 256 tokens",
      kGqOrigin, false, false, false, 16, gq_check, gq_make, kGqOptions, "klevels=kmeans,vlevels=kmeans,calib=256", gq_period},
+    {MethodId::gq, "gq-vq2",
+     "gq 2-bit vector k-means: vectors of 4 elements, codebooks of 256 learned on the first 256 tokens",
+     kGqOrigin, false, false, false, 16, gq_check, gq_make, kGqOptions, "klevels=kmeans,vlevels=kmeans,calib=256,kvdim=4,vvdim=4", gq_period},
     {MethodId::gq, "gq-sink-hh",
      "gq 2-bit with 4 attention sinks and 64 heavy hitters kept at full precision",
      kGqOrigin, false, false, false, 16, gq_check, gq_make, kGqOptions, "sinks=4,hh=64", gq_period},

@@ -3,7 +3,9 @@
 // view rule (quantized token counts at every step), the dequantized views and
 // the exact decode attention of every step and query head. Head dims 64, 80,
 // 96, 128, 256; GQA 1, 4, 8; bits 2 and 4; every preset without heavy
-// hitters (gq_hh_test.cpp) and a sample of combinations; lengths around block boundaries;
+// hitters (gq_hh_test.cpp) and a sample of combinations; vector k-means
+// (presets at 2 bits, combinations with d = 2, 4) in its own case; lengths
+// around block boundaries;
 // guard bytes around every device buffer; non-zero outputs required.
 #include <catch2/catch.hpp>
 
@@ -41,6 +43,11 @@ std::vector<i64> gq_queries(std::mt19937_64& rng, i64 T, int H, int D) {
   std::vector<i64> v(static_cast<size_t>(T) * H * D);
   for (auto& x : v) x = std::llround(std::max(-2000.0, std::min(2000.0, nd(rng))) * std::ldexp(1.0, ref::kQueryFrac));
   return v;
+}
+
+bool is_vq(const ref::MethodInfo& info) {
+  const ref::MethodConfig c = ref::default_config(info);
+  return c.opt_int("kvdim") > 1 || c.opt_int("vvdim") > 1;
 }
 
 ref::MethodConfig spec(const std::string& row, const std::string& opts) {
@@ -98,13 +105,14 @@ void run_gq(const ref::MethodConfig& mc, int D, int Hq, int Hkv, i64 T, i64 P, u
 TEST_CASE("CUDA gq presets equal the reference (head dims, GQA, bits)", "[cuda][gq]") {
   u64 seed = 20000;
   for (const auto& info : ref::kMethods) {
-    if (info.id != ref::MethodId::gq || ref::default_config(info).opt_int("hh") > 0) continue;
+    if (info.id != ref::MethodId::gq || ref::default_config(info).opt_int("hh") > 0 || is_vq(info)) continue;
+    const ref::MethodConfig dc = ref::default_config(info);
     for (int D : {64, 80, 96, 128, 256}) {
       const std::string g = D % 32 == 0 ? "" : "kgroup=16,vgroup=16,";
       for (int bits : {2, 4})
         for (int ratio : {1, 4, 8}) {
           if (D >= 128 && ratio == 8 && bits == 4) continue;  // keep the checked CPU side quick
-          const std::string calib = std::string(info.name) == "gq-kmeans2" ? "calib=140," : "";
+          const std::string calib = dc.opt("klevels") == "kmeans" ? "calib=140," : "";
           const ref::MethodConfig mc =
               spec(info.name, g + calib + "kbits=" + std::to_string(bits) + ",vbits=" + std::to_string(bits));
           const i64 T = D >= 128 ? 200 : 260;
@@ -132,5 +140,34 @@ TEST_CASE("CUDA gq combinations and block/window/sink boundaries equal the refer
         const std::string g = D % 32 == 0 || o.find("kgroup") != std::string::npos ? "" : "kgroup=16,";
         const std::string vg = o.find("vgroup") != std::string::npos ? "" : "vgroup=16,";
         run_gq(spec("gq", g + vg + o), D, 8, 2, P + 90, P, ++seed);
+      }
+}
+
+TEST_CASE("CUDA gq vector k-means presets and combinations equal the reference", "[cuda][gq][vq]") {
+  u64 seed = 40000;
+  for (const auto& info : ref::kMethods) {  // the vq presets: 2-bit (b d <= 8); fits of 256 centroids kept small
+    if (info.id != ref::MethodId::gq || !is_vq(info)) continue;
+    for (int D : {64, 80, 96, 128, 256})
+      for (int ratio : {1, 8}) {
+        if (D == 256 && ratio == 1) continue;
+        const std::string g = D % 32 == 0 ? "" : "kgroup=16,vgroup=16,";
+        const i64 T = D >= 128 ? 200 : 260;
+        ++seed;
+        run_gq(spec(info.name, g + "calib=140"), D, ratio == 1 ? 2 : ratio, ratio == 1 ? 2 : 1, T,
+               seed % 3 == 0 ? 0 : 130, seed);
+      }
+  }
+  const std::vector<std::string> combos = {
+      // 6-bit key codes (5 per word) with the MSE search; 8-bit value codes with percentile clipping
+      "klevels=kmeans,vlevels=kmeans,kvdim=2,vvdim=4,kbits=3,calib=70,kblock=32,kgroup=16,sinks=3,kscale=mse,vscale=pct99",
+      // tensor axis (vectors of 4 along the block's rows); channel-axis values, vectors of 2 tokens, 8-bit codes
+      "kaxis=tensor,kblock=8,klevels=kmeans,kvdim=4,vaxis=channel,vgroup=8,vblock=8,vwindow=0,vlevels=kmeans,vvdim=2,"
+      "vbits=4,calib=40",
+  };
+  for (const auto& o : combos)
+    for (i64 P : {i64{0}, i64{1}, i64{31}, i64{32}, i64{33}, i64{69}, i64{70}, i64{71}})
+      for (int D : {64, 96}) {
+        const std::string vg = o.find("vgroup") != std::string::npos ? "" : "vgroup=16,";
+        run_gq(spec("gq", vg + o), D, 8, 2, P + 90, P, ++seed);
       }
 }

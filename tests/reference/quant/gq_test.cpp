@@ -12,25 +12,13 @@
 #include "reference/quant/kivi.hpp"
 #include "reference/quant/observe.hpp"
 #include "reference/quant/registry.hpp"
+#include "tests/reference/quant/gq_util.hpp"
 
 using namespace kvsim;
+using gq_test::gq_spec;
+using gq_test::random_rows;
 
 namespace {
-std::vector<i32> random_rows(std::mt19937_64& rng, i64 n, int D, double scale) {
-  std::normal_distribution<double> nd(0.0, scale);
-  std::vector<i32> v(static_cast<size_t>(n * D));
-  for (auto& x : v) x = static_cast<i32>(std::llround(nd(rng) * (1 << kEntryFrac)));
-  return v;
-}
-
-ref::MethodConfig gq_spec(const std::string& row, const std::string& opts = "") {
-  const ref::MethodInfo* info = ref::find_method(row);
-  REQUIRE(info != nullptr);
-  ref::MethodConfig c = ref::default_config(*info);
-  ref::apply_options(c, *info, opts);
-  return c;
-}
-
 std::unique_ptr<ref::HeadCache> make(const ref::MethodConfig& c, int D) {
   const std::string why = ref::method_info(c.id).check(c, D);
   INFO(why);
