@@ -105,6 +105,7 @@ struct KvlincConfig {
   i64 calib = 512;  // N calibration tokens
   int rank = 64;    // feature-map rank (correction=linear)
   u64 seed = 0;     // seed of any randomness (correction=linear)
+  KvlincTrain train{200, 0.1};  // feature-map training (correction=linear; registry.hpp's defaults)
 };
 
 // Empty when the configuration is usable with this head dim, else the reason.
@@ -116,6 +117,8 @@ inline std::string kvlinc_check(const KvlincConfig& c, int head_dim) {
            " has no pinned Hadamard construction (supported: m * 2^k <= 256, m in {1, 12, 20, 28})";
   if (c.calib < 1) return "kvlinc: calib must be at least 1 token";
   if (c.rank < 1 || c.rank > 1024) return "kvlinc: rank must be in [1, 1024]";
+  if (c.train.steps < 0 || c.train.steps > 100000) return "kvlinc: train must be in [0, 100000] steps";
+  if (!(c.train.lr > 0.0 && c.train.lr <= 1.0)) return "kvlinc: lr must be in (0, 1]";
   return {};
 }
 
@@ -246,7 +249,7 @@ class KvlincCache final : public HeadCache {
       throw std::runtime_error("kvlinc: correction=linear needs the calibration queries (HeadCache::observe_queries) "
                                "of the first calib tokens");
     linear_ = kvlinc_fit_linear(fp_k_.data(), fp_v_.data(), inner_.keys(), calib_q_.data(), group_, c_.calib, d_,
-                                c_.rank, c_.seed);
+                                c_.rank, c_.seed, {c_.train.steps, c_.train.lr, c_.residual});
     std::vector<i64>().swap(calib_q_);
     S_.assign(static_cast<size_t>(c_.rank) * d_, 0);
     z_.assign(static_cast<size_t>(c_.rank), 0);

@@ -4,6 +4,7 @@
 #pragma once
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <numeric>
@@ -64,6 +65,20 @@ struct MethodConfig {
       used = 0;
     }
     if (used == 0 || used != v.size()) throw std::runtime_error("option " + key + "=" + v + " is not an integer");
+    return x;
+  }
+  // The option as a finite number (offline settings only: never on the bit-exact path).
+  double opt_double(const std::string& key) const {
+    const std::string& v = opt(key);
+    size_t used = 0;
+    double x = 0.0;
+    try {
+      x = std::stod(v, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != v.size() || !std::isfinite(x))
+      throw std::runtime_error("option " + key + "=" + v + " is not a finite number");
     return x;
   }
 };
@@ -128,6 +143,10 @@ inline constexpr MethodOption kKvlincOptions[] = {
     {"calib", "512", "calibration prefix: the first N tokens of the sequence (fit at the first key flush covering them)"},
     {"rank", "64", "feature-map rank of correction=linear"},
     {"seed", "0", "seed of the randomness of correction=linear"},
+    {"train", "200",
+     "correction=linear: Adam steps training the feature map w, c and the weights b on the calibration queries "
+     "(clamps modelled; best held-out iterate); 0 = random features + NNLS only"},
+    {"lr", "0.1", "correction=linear: peak Adam step (w in units of its initial scale, c and b in log2 units)"},
 };
 
 // The KVLinC configuration of an instance; *err receives the reason when an
@@ -149,6 +168,11 @@ inline KvlincConfig kvlinc_config(const MethodConfig& m, std::string* err = null
     if (seed < 0) throw std::runtime_error("seed must be non-negative");
     c.rank = static_cast<int>(rank);
     c.seed = static_cast<u64>(seed);
+    const long long train = m.opt_int("train");
+    if (train < 0 || train > 100000) throw std::runtime_error("train must be in [0, 100000] steps");
+    c.train.steps = static_cast<int>(train);
+    c.train.lr = m.opt_double("lr");
+    if (!(c.train.lr > 0.0 && c.train.lr <= 1.0)) throw std::runtime_error("lr must be in (0, 1]");
   } catch (const std::runtime_error& e) {
     if (!err) throw;
     *err = std::string("kvlinc: ") + e.what();
