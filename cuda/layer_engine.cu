@@ -213,7 +213,8 @@ void build_kvlinc_linear(const EngineRows& I, MethodViews& mv, const ref::Kvlinc
                   hq.begin() + t * group * I.D);
     }
     const ref::KvlincLinear L =
-        ref::kvlinc_fit_linear(hk.data(), hv.data(), hh.data(), hq.data(), group, N, I.D, r, c.seed);
+        ref::kvlinc_fit_linear(hk.data(), hv.data(), hh.data(), hq.data(), group, N, I.D, r, c.seed,
+                               {c.train.steps, c.train.lr, c.residual});
     std::copy(L.w.begin(), L.w.end(), mv.lin_w_h.begin() + static_cast<std::ptrdiff_t>(h) * r * I.D);
     std::copy(L.c.begin(), L.c.end(), mv.lin_c_h.begin() + static_cast<std::ptrdiff_t>(h) * r);
     std::copy(L.b.begin(), L.b.end(), mv.lin_b_h.begin() + static_cast<std::ptrdiff_t>(h) * r);

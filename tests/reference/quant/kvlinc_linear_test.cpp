@@ -190,3 +190,124 @@ TEST_CASE("kvlinc linear: a fit without calibration queries is an error", "[kvli
   const auto K = rows(rng, 40, D, 1.0), V = rows(rng, 40, D, 1.0);
   REQUIRE_THROWS_WITH(c->prefill(K.data(), V.data(), 40), Catch::Contains("calibration queries"));
 }
+
+namespace {
+// The calibration set of the fit tests: keys, values, coarse "dequantized"
+// keys (low bits dropped), queries looking along two channels.
+struct FitSet {
+  int D = 32, group = 2;
+  i64 n = 96;
+  std::vector<i32> K, V, KH;
+  std::vector<i64> Q;
+};
+FitSet fit_set(i64 n, int D, int group, unsigned seed, int drop) {
+  FitSet f;
+  f.n = n, f.D = D, f.group = group;
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  f.K.resize(n * D), f.V.resize(n * D), f.KH.resize(n * D), f.Q.resize(n * group * D);
+  for (auto& x : f.K) x = static_cast<i32>(std::llround(nd(rng) * (1 << kEntryFrac)));
+  for (auto& x : f.V) x = static_cast<i32>(std::llround(nd(rng) * (1 << kEntryFrac)));
+  for (i64 i = 0; i < n * D; ++i) f.KH[i] = (f.K[i] >> drop) << drop;
+  for (auto& x : f.Q) x = static_cast<i64>(std::llround(nd(rng) * 0.7 * (1 << kEntryFrac))) << 20;
+  for (i64 i = 0; i < n * group * D; ++i)
+    if (i % D < 2) f.Q[i] += i64{3} << 40;
+  return f;
+}
+ref::KvlincLinear fit(const FitSet& f, int rank, u64 seed, ref::KvlincTrain t) {
+  return ref::kvlinc_fit_linear(f.K.data(), f.V.data(), f.KH.data(), f.Q.data(), f.group, f.n, f.D, rank, seed, t);
+}
+double objective(const FitSet& f, const ref::KvlincLinear& L, bool held, int window) {
+  return ref::kvlinc_linear_objective(f.K.data(), f.V.data(), f.KH.data(), f.Q.data(), f.group, f.n, f.D, L, held,
+                                      window);
+}
+unsigned long long fnv(const ref::KvlincLinear& L) {
+  unsigned long long h = 1469598103934665603ULL;
+  auto mix = [&](unsigned long long x) {
+    for (int i = 0; i < 8; ++i) h = (h ^ ((x >> (8 * i)) & 255)) * 1099511628211ULL;
+  };
+  for (auto x : L.w) mix(static_cast<unsigned long long>(static_cast<long long>(x)));
+  for (auto x : L.c) mix(static_cast<unsigned long long>(x));
+  for (auto x : L.b) mix(static_cast<unsigned long long>(x));
+  return h;
+}
+}  // namespace
+
+TEST_CASE("kvlinc linear fit: train=0 gives the random-feature integers of before the training", "[kvlinc]") {
+  // The hash was taken from the fit before the trained feature map existed
+  // (commit 3e5465b); train = 0 must reproduce it bit for bit.
+  const FitSet f = fit_set(96, 32, 2, 7, 18);
+  const ref::KvlincLinear L = fit(f, 16, 5, {0, 0.1, 0});
+  REQUIRE(fnv(L) == 0x3ec1127b84adc7fdULL);
+  REQUIRE(fnv(fit(f, 16, 5, {0, 0.5, 32})) == fnv(L));  // lr and window unused without training
+}
+
+TEST_CASE("kvlinc linear fit: training is deterministic and lowers the held-out objective", "[kvlinc]") {
+  const int window = 32;
+  const FitSet f = fit_set(256, 32, 2, 21, 19);
+  const ref::KvlincLinear L0 = fit(f, 16, 3, {0, 0.1, window});
+  const ref::KvlincLinear L1 = fit(f, 16, 3, {60, 0.3, window});
+  const ref::KvlincLinear L2 = fit(f, 16, 3, {60, 0.3, window});
+  REQUIRE(L1.w == L2.w);
+  REQUIRE(L1.c == L2.c);
+  REQUIRE(L1.b == L2.b);
+  REQUIRE(L1.w != L0.w);  // it trained (the start is not the best held-out iterate here)
+  const double h0 = objective(f, L0, true, window), h1 = objective(f, L1, true, window);
+  const double t0 = objective(f, L0, false, window), t1 = objective(f, L1, false, window);
+  WARN("objective held-out " << h0 << " -> " << h1 << ", training " << t0 << " -> " << t1);
+  REQUIRE(h0 > 0.0);
+  REQUIRE(h1 < 0.98 * h0);
+  REQUIRE(t1 < t0);
+  // the formats: |w| < 128 in Q.24, offsets within +-2^18 in Q.32 (or off)
+  for (i32 w : L1.w) REQUIRE(w != INT32_MIN);
+  for (i64 c : L1.c) REQUIRE(std::llabs(c) <= (i64{1} << 50));
+  for (i64 b : L1.b) REQUIRE((b == ref::kLinearOff || std::llabs(b) <= (i64{1} << 50)));
+}
+
+TEST_CASE("kvlinc linear fit: the objective models the clamps g <= 1 and phi <= 1", "[kvlinc]") {
+  // Beyond the clamp a parameter change changes nothing: b so large that
+  // g = 1 for every query, c so low that phi = 1 for every key. Without the
+  // clamps (a_j unbounded, phi > 1) the two objectives would differ.
+  const int window = 16;
+  const FitSet f = fit_set(64, 16, 2, 5, 19);
+  ref::KvlincLinear L = fit(f, 4, 1, {0, 0.1, window});
+  ref::KvlincLinear A = L, B = L, C = L;
+  for (int j = 0; j < L.rank; ++j) {
+    A.b[j] = i64{1000} << 32, A.c[j] = i64{-1000} << 32;
+    B.b[j] = i64{2000} << 32, B.c[j] = i64{-1000} << 32;
+    C.b[j] = i64{1000} << 32, C.c[j] = i64{-3000} << 32;
+  }
+  const double a = objective(f, A, false, window);
+  REQUIRE(a > 0.0);
+  REQUIRE(objective(f, B, false, window) == a);
+  REQUIRE(objective(f, C, false, window) == a);
+  // and in the fixed-point path the same: g = 2^40 (Q.40), phi = 2^24 (Q.24)
+  REQUIRE(ref::linear_query_weight_q40(A.w.data(), A.b[0], f.Q.data(), 0, f.D) == (i64{1} << 40));
+  REQUIRE(ref::linear_key_feature_q24(A.w.data(), A.c[0], f.K.data(), f.D) == (i64{1} << 24));
+  // one feature only on, w = 0 (phi = 1 at c = 0), g = 2^(b - m) below the
+  // clamp (m, the max logit, is well above b - 0 here): doubling its weight
+  // changes the objective
+  ref::KvlincLinear E = L, F = L;
+  for (int j = 0; j < L.rank; ++j) E.b[j] = F.b[j] = ref::kLinearOff;
+  for (int d = 0; d < f.D; ++d) E.w[d] = F.w[d] = 0;
+  E.b[0] = i64{-4} << 32, F.b[0] = i64{-3} << 32;
+  E.c[0] = F.c[0] = 0;
+  REQUIRE(objective(f, E, false, window) != objective(f, F, false, window));
+}
+
+TEST_CASE("kvlinc linear: bad train and lr options are clear errors", "[kvlinc]") {
+  const auto& info = ref::method_info(ref::MethodId::kvlinc);
+  for (const char* bad : {"train=-1", "train=x", "train=100001", "lr=0", "lr=-0.1", "lr=2", "lr=abc", "lr=0.1x"}) {
+    INFO(bad);
+    ref::MethodConfig m = ref::default_config(info);
+    ref::apply_options(m, info, std::string("correction=linear,") + bad);
+    const std::string why = info.check(m, 32);
+    REQUIRE_THAT(why, Catch::StartsWith("kvlinc: "));
+    REQUIRE_THAT(why, Catch::Contains(std::string(bad).substr(0, 2) == "tr" ? "train" : "lr"));
+  }
+  ref::MethodConfig m = ref::default_config(info);
+  ref::apply_options(m, info, "correction=linear,train=0,lr=0.5");
+  REQUIRE(info.check(m, 32).empty());
+  REQUIRE(ref::kvlinc_config(m).train.steps == 0);
+  REQUIRE(ref::kvlinc_config(m).train.lr == 0.5);
+}
