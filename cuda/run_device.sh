@@ -34,14 +34,29 @@ LONG=$WORK/long.h5
 need_traces() {
   [ -f "$DEFAULT" ] || run_step gen_default "$KVSIM" trace gen --out "$DEFAULT"
 }
+SMALL=$WORK/small.h5
+HH_SMALL="gq:hh=8,sinks=2,kblock=16,kgroup=16,vwindow=8"
+need_small() {
+  [ -f "$SMALL" ] || run_step gen_small "$KVSIM" trace gen --out "$SMALL" --layers 1 --prefill 40 --decode 200 --head-dim 64
+}
 
 for s in $STEPS; do
   case $s in
     tests) run_step tests "$TESTS" --durations yes ;;
-    memcheck)
-      run_step memcheck timeout 280 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 "$TESTS" ;;
+    memcheck)  # the test cases with few launches; the step-sequential heavy hitters through a small validate
+      run_step memcheck timeout 280 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 "$TESTS" \
+        "[entry],[hadamard],[replay],[mixed],[vq],[kvarn]"
+      need_small
+      run_step memcheck_hh timeout 200 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
+        "$KVSIM" validate --trace "$SMALL" -m "$HH_SMALL" --every 3 ;;
     racecheck)
-      run_step racecheck timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 "$TESTS" "[kivi],[entry],[hadamard],[replay]" ;;
+      run_step racecheck timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 "$TESTS" \
+        "[kivi],[entry],[hadamard],[kvarn]"
+      # the replay test runs the heavy hitters' step-sequential pass: many small launches, slow under racecheck
+      run_step racecheck_replay timeout 500 compute-sanitizer --tool racecheck --error-exitcode 9 "$TESTS" "[replay]"
+      need_small
+      run_step racecheck_hh timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 \
+        "$KVSIM" validate --trace "$SMALL" -m "$HH_SMALL" --every 3 ;;
     validate)
       need_traces
       run_step validate "$KVSIM" validate --trace "$DEFAULT" --all-methods --every ${VALIDATE_EVERY:-7} ;;
@@ -50,7 +65,7 @@ for s in $STEPS; do
       run_step validate_long "$KVSIM" validate --trace "$LONG" --all-methods --every ${VALIDATE_LONG_EVERY:-31} ;;
     replay)
       need_traces
-      M="--method fp --method kivi:bits=4 --method kivi:bits=2 --every 5 --no-progress"
+      M="--method fp --method kivi:bits=4 --method kivi:bits=2 --method gq-sink-hh --every 5 --no-progress"
       run_step replay_cpu "$KVSIM" replay --trace "$DEFAULT" $M --out "$WORK/cpu.h5" --csv "$WORK/cpu.csv"
       KVSIM_TIMING=1 run_step replay_gpu "$KVSIM" replay --device cuda --trace "$DEFAULT" $M --out "$WORK/gpu.h5" --csv "$WORK/gpu.csv"
       if cmp "$WORK/cpu.csv" "$WORK/gpu.csv"; then note "replay: CSV files identical ($(wc -l <"$WORK/cpu.csv") lines)"; else note "replay: CSV files DIFFER"; fi

@@ -37,7 +37,7 @@ std::vector<std::string> seed_method_set() {
       "fp",          "kivi:bits=2", "kivi:bits=4", "kvarn-k2v2",          "kvarn-k4v2",
       "kvarn-k4v4",  "kvlinc:correction=none",     "kvlinc:correction=affine", "kvlinc:correction=linear",
       "kvlinc:bits=4,correction=none",             "gq-mse4", "gq-log4", "gq-pow", "gq-kmeans2",
-      "gq-sink-hh",
+      "gq-vq2",      "gq-sink-hh",
   };
   return set;
 }
