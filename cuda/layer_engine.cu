@@ -98,6 +98,10 @@ struct MethodViews {
 };
 }  // namespace
 
+namespace {
+struct EngineRows;
+}  // namespace
+
 struct LayerEngine::Impl {
   int Hq, Hkv, D;
   i64 T;
@@ -112,6 +116,7 @@ struct LayerEngine::Impl {
   void ensure(DeviceBuffer<T>& b, std::size_t n) {
     if (b.size() < n) b.allocate(std::max(n, b.size() * 3 / 2), guard);
   }
+  EngineRows rows() const;  // what the method builders read
 };
 
 LayerEngine::LayerEngine(int Hq, int Hkv, int D, i64 T, std::size_t guard_bytes) : impl_(new Impl) {
@@ -159,6 +164,30 @@ struct EngineRows {
   int Hq;
   i64 prefill;  // -1: unknown
 };
+
+// The attention launch over a method's view: queries, geometry and the view
+// rule (twins below kq/vq, kvlinc's switched keys and linear term, the tokens
+// the heavy-hitter pool holds). The caller sets items, woff, scratch, out, den.
+void view_launch(const EngineRows& I, const MethodViews& mv, AttnArgs& a, RowView& rv) {
+  a.q = I.q.data();
+  a.q_by_step = true;
+  a.Hq = I.Hq;
+  a.group = I.Hq / I.Hkv;
+  a.D = I.D;
+  a.c_q40 = ref::logit_scale_q40(I.D);
+  if (mv.lin_rank > 0)
+    a.lin = {mv.lin_rank, mv.lin_w.data(), mv.lin_b.data(), mv.lin_S.data(), mv.lin_z.data(), mv.lin_from, mv.lin_R,
+             I.Hkv};
+  rv.k_fp = I.k.data();
+  rv.v_fp = I.v.data();
+  rv.k_dq = mv.quantized ? mv.k_hat.data() : I.k.data();
+  rv.v_dq = mv.quantized ? mv.v_hat.data() : I.v.data();
+  rv.k_dq_switched = mv.k_corr.data();
+  rv.switch_kq = mv.corr_from;
+  rv.until = mv.hh_until.size() ? mv.hh_until.data() : nullptr;
+  rv.Hkv = I.Hkv;
+  rv.D = I.D;
+}
 
 // KIVI's groups over every token: keys from I.k, values from v_src (the raw
 // values for kivi, the rotated ones for kvlinc). Asynchronous.
@@ -318,53 +347,40 @@ void build_gq_pool(const EngineRows& I, MethodViews& mv) {
   mv.hh_n.fill_bytes(0);
   const GqPoolDevice d{mv.hh_acc.data(), mv.hh_pool.data(), mv.hh_n.data(), mv.hh_until.data(), I.T, I.Hkv};
   const int group = I.Hq / I.Hkv;
-  const i64 P = I.prefill;
+  const i64 P = I.prefill, E = I.T - P;
   KVSIM_CUDA_TRY(gq_pool_flush(c, d, 0, P, nullptr, nullptr, group));
-  const i64 E = I.T - P;
-  if (E > 0) {
-    std::vector<i64> it(static_cast<std::size_t>(3 * E));
-    for (i64 e = 0; e < E; ++e) {
-      it[3 * e] = P + e;
-      it[3 * e + 1] = ref::gq_quantized_tokens(c.k, c.sinks, c.calib, P + e);
-      it[3 * e + 2] = ref::gq_quantized_tokens(c.v, c.sinks, c.calib, P + e);
-    }
-    DeviceBuffer<i64> items(it.size()), woff(1), scratch(static_cast<std::size_t>(I.Hq) * I.T),
-        out(static_cast<std::size_t>(I.Hq) * I.D), den(static_cast<std::size_t>(I.Hq));
-    items.upload(it.data(), it.size());
-    woff.fill_bytes(0);
-    AttnArgs a;
-    a.q = I.q.data();
-    a.q_by_step = true;
-    a.Hq = I.Hq;
-    a.group = group;
-    a.D = I.D;
-    a.c_q40 = ref::logit_scale_q40(I.D);
-    a.woff = woff.data();
-    a.scratch = scratch.data();
-    a.out = out.data();
-    a.den = den.data();
-    RowView rv;
-    rv.k_fp = I.k.data();
-    rv.v_fp = I.v.data();
-    rv.k_dq = mv.k_hat.data();
-    rv.v_dq = mv.v_hat.data();
-    rv.until = mv.hh_until.data();
-    rv.Hkv = I.Hkv;
-    rv.D = I.D;
-    for (i64 e = 0; e < E; ++e) {
-      a.items = items.data() + 3 * e;
-      KVSIM_CUDA_TRY(launch_decode_attention(a, rv, 1));
-      KVSIM_CUDA_TRY(gq_pool_flush(c, d, P + e, P + e + 1, scratch.data(), den.data(), group));
-    }
-    KVSIM_CUDA_TRY(cudaDeviceSynchronize());  // before the temporaries are freed
+  // one item per decode step (t, kq, vq), the view rule's own counts
+  std::vector<i64> it(static_cast<std::size_t>(3 * E));
+  for (i64 e = 0; e < E; ++e) {
+    const StepView sv = view_at(mv.m, P + e);
+    it[3 * e] = sv.t;
+    it[3 * e + 1] = sv.kq;
+    it[3 * e + 2] = sv.vq;
   }
-  KVSIM_CUDA_TRY(cudaDeviceSynchronize());
+  DeviceBuffer<i64> items(it.size()), woff(1), scratch(static_cast<std::size_t>(I.Hq) * I.T),
+      out(static_cast<std::size_t>(I.Hq) * I.D), den(static_cast<std::size_t>(I.Hq));
+  items.upload(it.data(), it.size());
+  woff.fill_bytes(0);
+  AttnArgs a;
+  RowView rv;
+  view_launch(I, mv, a, rv);  // rv.until: the pool's history as it is being written
+  a.woff = woff.data();
+  a.scratch = scratch.data();
+  a.out = out.data();
+  a.den = den.data();
+  for (i64 e = 0; e < E; ++e) {
+    a.items = items.data() + 3 * e;
+    KVSIM_CUDA_TRY(launch_decode_attention(a, rv, 1));
+    KVSIM_CUDA_TRY(gq_pool_flush(c, d, P + e, P + e + 1, scratch.data(), den.data(), group));
+  }
+  KVSIM_CUDA_TRY(cudaDeviceSynchronize());  // before the temporaries are freed
 }
 }  // namespace
 
+EngineRows LayerEngine::Impl::rows() const { return EngineRows{Hkv, D, T, guard, k, v, q, Hq, prefill}; }
+
 int LayerEngine::add_method(const ref::MethodConfig& m) {
   Impl& I = *impl_;
-  auto rows_of = [](const Impl& x) { return EngineRows{x.Hkv, x.D, x.T, x.guard, x.k, x.v, x.q, x.Hq, x.prefill}; };
   auto mv = std::make_unique<MethodViews>();
   mv->m = m;
   if (m.bitmap) {
@@ -410,7 +426,7 @@ int LayerEngine::add_method(const ref::MethodConfig& m) {
     case ref::MethodId::kivi: {
       const ref::KiviConfig c = ref::kivi_config(m);
       if (const std::string why = ref::kivi_check(c, I.D); !why.empty()) throw std::runtime_error(why);
-      build_kivi(rows_of(I), *mv, c, I.v.data());
+      build_kivi(I.rows(), *mv, c, I.v.data());
       KVSIM_CUDA_TRY(cudaDeviceSynchronize());
       break;
     }
@@ -446,7 +462,7 @@ int LayerEngine::add_method(const ref::MethodConfig& m) {
       break;
     }
     case ref::MethodId::kvlinc:
-      build_kvlinc(rows_of(I), *mv);
+      build_kvlinc(I.rows(), *mv);
       break;
     case ref::MethodId::gq: {
       ref::GqConfig& c = mv->gq;
@@ -495,7 +511,7 @@ int LayerEngine::add_method(const ref::MethodConfig& m) {
                                           params.data(), codes.data(), books, I.Hkv, I.D, nb));
       }
       KVSIM_CUDA_TRY(cudaDeviceSynchronize());
-      if (c.hh > 0) build_gq_pool(rows_of(I), *mv);
+      if (c.hh > 0) build_gq_pool(I.rows(), *mv);
       break;
     }
     default:
@@ -538,30 +554,13 @@ void LayerEngine::attend(int view, const std::vector<StepView>& items, bool with
   I.woff.upload(out.woff.data(), out.woff.size());
 
   AttnArgs a;
-  a.q = I.q.data();
-  a.q_by_step = true;
-  a.Hq = I.Hq;
-  a.group = I.Hq / I.Hkv;
-  a.D = I.D;
-  a.c_q40 = ref::logit_scale_q40(I.D);
+  RowView rv;
+  view_launch(I.rows(), mv, a, rv);
   a.items = I.items.data();
   a.woff = I.woff.data();
   a.scratch = I.scratch.data();
   a.out = I.out.data();
   a.den = I.den.data();
-  RowView rv;
-  rv.k_fp = I.k.data();
-  rv.v_fp = I.v.data();
-  rv.k_dq = mv.quantized ? mv.k_hat.data() : I.k.data();
-  rv.v_dq = mv.quantized ? mv.v_hat.data() : I.v.data();
-  rv.k_dq_switched = mv.k_corr.data();
-  if (mv.lin_rank > 0)
-    a.lin = {mv.lin_rank, mv.lin_w.data(), mv.lin_b.data(), mv.lin_S.data(), mv.lin_z.data(), mv.lin_from, mv.lin_R,
-             I.Hkv};
-  rv.switch_kq = mv.corr_from;
-  rv.until = mv.hh_until.size() ? mv.hh_until.data() : nullptr;
-  rv.Hkv = I.Hkv;
-  rv.D = I.D;
   KVSIM_CUDA_TRY(launch_decode_attention(a, rv, E));
   KVSIM_CUDA_TRY(cudaDeviceSynchronize());
   I.out.download(out.out.data(), out.out.size());
